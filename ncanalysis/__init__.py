@@ -1,0 +1,24 @@
+"""ncanalysis: measure Neural Collapse from stored activations, out of core.
+
+The metrics are those of Papyan, Han & Donoho (PNAS 2020) and their companions;
+``docs/metrics.md`` defines every number.  The main entry points:
+
+- :func:`analyze` -- every metric of every complete epoch of a store;
+- :func:`analyze_arrays` -- the same from arrays of another project (numpy,
+  dask, zarr, h5py), no store needed;
+- :func:`open_store` / :func:`create_store` -- read and write the store format.
+"""
+
+from ._version import __version__
+from .engine import analyze, analyze_arrays
+from .errors import IncompleteEpochError, InputError, NCAnalysisError, StoreFormatError
+
+__all__ = [
+    "__version__",
+    "analyze",
+    "analyze_arrays",
+    "NCAnalysisError",
+    "StoreFormatError",
+    "IncompleteEpochError",
+    "InputError",
+]

@@ -1,0 +1,498 @@
+"""The analyser: one dask graph per epoch, streamed out of core, results as xarray.
+
+For every split of an epoch the graph makes two passes over the feature blocks:
+
+1. class counts and float64 class sums per block, merged by a tree reduction,
+   then the split's geometry (means and the Sigma_B spectrum);
+2. once the geometries of the split and of the train split are known, the
+   per-block scatter statistics (NC1 terms, logits, loss, NCC), merged again.
+
+The pass-2 block reads are *bound* to the pass-1 results
+(:func:`dask.graph_manipulation.bind`): they are fresh tasks that cannot start
+before the geometry exists, so no block is held in memory between the passes
+and peak memory does not grow with N.  Both passes of every split share one
+``dask.compute`` per epoch.  The library never creates a dask Client: it runs on
+``scheduler`` (a name or a Client), or on the Client the caller has made active.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+from dask.graph_manipulation import bind
+
+from . import stats
+from ._version import __version__
+from .errors import InputError
+from .metrics import CLASS_METRICS, SCALAR_METRICS, split_metrics
+from .sources import as_row_blocks
+
+__all__ = ["EpochInput", "analyze", "analyze_arrays", "analyze_epochs", "epoch_graph"]
+
+_TREE_WIDTH = 8
+_INT_VARIABLES = ("n_samples", "nc1_rank", "class_count", "class_ncc_mismatch")
+
+
+@dataclass
+class EpochInput:
+    """The inputs of one epoch: feature and label arrays per split, and the classifier.
+
+    ``splits`` maps a split name to ``(features, labels)``: features a dask array
+    (N, d) chunked along rows only, labels a numpy or dask array (N,).
+    ``where`` names the source ("digits.zarr") for error messages.
+    """
+
+    epoch: int
+    splits: Mapping[str, tuple[da.Array, Any]]
+    weight: np.ndarray
+    bias: np.ndarray
+    where: str = "arrays"
+
+    def context(self, split: str | None = None) -> str:
+        """A prefix for error messages: source, epoch and split."""
+        text = f"{self.where}: epoch {self.epoch}"
+        return text if split is None else f"{text}, split {split!r}"
+
+
+def _check_options(global_mean: str, gemm_dtype: str, pinv_rtol: float) -> None:
+    if global_mean not in stats.GLOBAL_MEAN_CHOICES:
+        raise InputError(
+            f"global_mean must be one of {stats.GLOBAL_MEAN_CHOICES}, not {global_mean!r}"
+        )
+    if gemm_dtype not in stats.GEMM_DTYPES:
+        raise InputError(f"gemm_dtype must be one of {stats.GEMM_DTYPES}, not {gemm_dtype!r}")
+    if not 0.0 < float(pinv_rtol) < 1.0:
+        raise InputError(f"pinv_rtol must lie in (0, 1), not {pinv_rtol!r}")
+
+
+def _check_epoch(item: EpochInput, ncc: bool) -> None:
+    """Shapes and finiteness of everything small, before any graph is built."""
+    weight, bias = item.weight, item.bias
+    where = item.context()
+    if weight.ndim != 2:
+        raise InputError(f"{where}: weight must be 2-D (C, d), got shape {weight.shape}")
+    num_classes, dim = weight.shape
+    if num_classes < 2:
+        raise InputError(f"{where}: weight has C={num_classes} rows; Neural Collapse needs C >= 2")
+    if bias.shape != (num_classes,):
+        raise InputError(
+            f"{where}: bias has shape {bias.shape}, expected ({num_classes},) to match weight "
+            f"{weight.shape}"
+        )
+    for name, value in (("weight", weight), ("bias", bias)):
+        bad = np.argwhere(~np.isfinite(value))
+        if bad.size:
+            raise InputError(
+                f"{where}: {name} holds NaN or inf (first at index {tuple(bad[0].tolist())})"
+            )
+    if not item.splits:
+        raise InputError(f"{where}: no splits to analyse")
+    for split, (features, labels) in item.splits.items():
+        context = item.context(split)
+        if features.ndim != 2 or features.shape[1] != dim:
+            raise InputError(
+                f"{context}: features have shape {features.shape}, expected (N, {dim}) to match "
+                f"weight {weight.shape}"
+            )
+        if np.shape(labels) != (features.shape[0],):
+            raise InputError(
+                f"{context}: labels have shape {np.shape(labels)}, expected ({features.shape[0]},)"
+                " (one per feature row)"
+            )
+        if not np.issubdtype(features.dtype, np.floating):
+            raise InputError(f"{context}: features must be floating point, not {features.dtype}")
+        if not np.issubdtype(np.dtype(labels.dtype), np.integer):
+            raise InputError(f"{context}: labels must be integers, not {labels.dtype}")
+    if ncc and "train" not in item.splits:
+        raise InputError(
+            f"{where}: ncc_mismatch (NC4) uses the class means of the 'train' split, but this "
+            f"epoch has only {sorted(item.splits)}; pass ncc=False to skip NC4"
+        )
+
+
+def _tree_sum(parts: Sequence[Any]) -> Any:
+    """Sum delayed partials in a tree of width _TREE_WIDTH."""
+    parts = list(parts)
+    while len(parts) > 1:
+        parts = [
+            dask.delayed(sum)(parts[i + 1 : i + _TREE_WIDTH], parts[i])
+            for i in range(0, len(parts), _TREE_WIDTH)
+        ]
+    return parts[0]
+
+
+def _label_blocks(labels: Any, chunks: tuple[int, ...]) -> list[Any]:
+    """Delayed label blocks aligned with the feature blocks."""
+    labels = labels if isinstance(labels, da.Array) else da.from_array(np.asarray(labels))
+    return list(labels.rechunk((chunks,)).to_delayed())
+
+
+def _pass1(item: EpochInput, split: str, num_classes: int, **options: Any) -> Any:
+    features, labels = item.splits[split]
+    offsets = np.concatenate([[0], np.cumsum(features.chunks[0])[:-1]])
+    partials = [
+        dask.delayed(stats.block_class_sums)(
+            block[0], lab, num_classes, first_row=int(first), context=item.context(split)
+        )
+        for block, lab, first in zip(
+            features.to_delayed(), _label_blocks(labels, features.chunks[0]), offsets
+        )
+    ]
+    return dask.delayed(stats.split_geometry)(
+        _tree_sum(partials), context=item.context(split), **options
+    )
+
+
+def _pass2(item: EpochInput, split: str, plan: Any) -> Any:
+    features, labels = item.splits[split]
+    # Fresh read tasks that wait for the plan: no block is held between passes.
+    features = bind(features, [plan])
+    partials = [
+        dask.delayed(stats.block_scatter)(block[0], lab, plan)
+        for block, lab in zip(features.to_delayed(), _label_blocks(labels, features.chunks[0]))
+    ]
+    return _tree_sum(partials)
+
+
+def _collect(
+    geometries: dict, scatters: dict, weight: np.ndarray, bias: np.ndarray, ncc: bool
+) -> dict:
+    return {
+        split: split_metrics(geometries[split], scatters[split], weight, bias, ncc=ncc)
+        for split in geometries
+    }
+
+
+def epoch_graph(
+    item: EpochInput,
+    *,
+    global_mean: str = "class",
+    pinv_rtol: float = 1e-10,
+    gemm_dtype: str = "float32",
+    ncc: bool = True,
+) -> Any:
+    """The delayed computation of every metric of one epoch.
+
+    Returns
+    -------
+    dask.delayed.Delayed
+        Computes to ``{split: metrics dict}`` (see :func:`ncanalysis.metrics.split_metrics`).
+    """
+    _check_options(global_mean, gemm_dtype, pinv_rtol)
+    _check_epoch(item, ncc)
+    num_classes = item.weight.shape[0]
+    options = {"global_mean": global_mean, "pinv_rtol": pinv_rtol}
+    geometries = {split: _pass1(item, split, num_classes, **options) for split in item.splits}
+    train = geometries.get("train") if ncc else None
+    scatters = {}
+    for split in item.splits:
+        plan = dask.delayed(stats.block_plan)(
+            geometries[split],
+            train,
+            item.weight,
+            item.bias,
+            gemm_dtype=gemm_dtype,
+            is_train=(split == "train"),
+        )
+        scatters[split] = _pass2(item, split, plan)
+    return dask.delayed(_collect)(geometries, scatters, item.weight, item.bias, ncc)
+
+
+def _active_client(scheduler: Any) -> Any:
+    """The dask.distributed Client that will run the graph, or None."""
+    if scheduler is not None and type(scheduler).__name__ == "Client":
+        return scheduler
+    if scheduler is not None:
+        return None
+    try:
+        from distributed import default_client
+    except ImportError:
+        return None
+    try:
+        return default_client()
+    except ValueError:  # distributed's way of saying that no Client is active
+        return None
+
+
+def _compute(graph: Any, scheduler: Any, progress: bool) -> Any:
+    """Compute one delayed object, with a progress bar on stderr when asked."""
+    client = _active_client(scheduler)
+    if client is not None:
+        future = client.compute(graph)
+        if progress:
+            from distributed import progress as distributed_progress
+
+            # distributed's text bar writes to stdout; results own stdout.
+            with contextlib.redirect_stdout(sys.stderr):
+                distributed_progress(future)
+        return future.result()
+    if progress:
+        from dask.diagnostics import ProgressBar
+
+        with ProgressBar(out=sys.stderr):
+            return dask.compute(graph, scheduler=scheduler)[0]
+    return dask.compute(graph, scheduler=scheduler)[0]
+
+
+def _to_dataset(
+    results: Mapping[int, Mapping[str, dict]],
+    *,
+    num_classes: int,
+    num_features: int,
+    class_names: Sequence[str] | None,
+    attrs: dict,
+) -> xr.Dataset:
+    """Assemble ``{epoch: {split: metrics}}`` into the labelled results Dataset."""
+    epochs = sorted(results)
+    present = {s for per_epoch in results.values() for s in per_epoch}
+    splits = sorted(present, key=lambda s: (s != "train", s))
+    shape2 = (len(epochs), len(splits))
+    shape3 = shape2 + (num_classes,)
+    data: dict[str, tuple] = {}
+    for name in SCALAR_METRICS + ("n_samples", "nc1_rank") + CLASS_METRICS:
+        per_class = name in CLASS_METRICS
+        is_int = name in _INT_VARIABLES
+        values = np.full(shape3 if per_class else shape2, -1 if is_int else np.nan,
+                         dtype=np.int64 if is_int else np.float64)
+        for i, epoch in enumerate(epochs):
+            for j, split in enumerate(splits):
+                if split in results[epoch]:
+                    values[i, j] = results[epoch][split][name]
+        dims = ("epoch", "split", "class") if per_class else ("epoch", "split")
+        data[name] = (dims, values)
+    coords: dict[str, Any] = {
+        "epoch": np.asarray(epochs, dtype=np.int64),
+        "split": np.asarray(splits, dtype=str),
+        "class": np.arange(num_classes, dtype=np.int64),
+    }
+    if class_names is not None:
+        coords["class_name"] = ("class", np.asarray(list(class_names), dtype=str))
+    dataset = xr.Dataset(data, coords=coords)
+    tpt = -1
+    if "train" in splits:
+        accuracy = dataset["accuracy"].sel(split="train").values
+        reached = np.flatnonzero(accuracy == 1.0)
+        tpt = int(epochs[reached[0]]) if reached.size else -1
+    dataset.attrs.update(attrs)
+    dataset.attrs.update(
+        num_classes=int(num_classes),
+        num_features=int(num_features),
+        etf_exists=int(num_classes <= num_features + 1),
+        tpt_start_epoch=tpt,
+    )
+    return dataset
+
+
+def _settings_attrs(global_mean: str, pinv_rtol: float, gemm_dtype: str, ncc: bool, source: str) -> dict:
+    return {
+        "global_mean": global_mean,
+        "pinv_rtol": float(pinv_rtol),
+        "accumulation_dtype": "float64",
+        "gemm_dtype": gemm_dtype,
+        "ncc_reference_split": "train" if ncc else "none",
+        "ncanalysis_version": __version__,
+        "source": source,
+    }
+
+
+def analyze_epochs(
+    items: Iterable[EpochInput],
+    *,
+    num_classes: int,
+    num_features: int,
+    class_names: Sequence[str] | None = None,
+    source: str = "arrays",
+    scheduler: Any = None,
+    global_mean: str = "class",
+    pinv_rtol: float = 1e-10,
+    gemm_dtype: str = "float32",
+    ncc: bool = True,
+    progress: bool = False,
+) -> xr.Dataset:
+    """Analyse a sequence of epochs, one ``dask.compute`` each, into one Dataset.
+
+    This is the common path of :func:`analyze` and :func:`analyze_arrays`.
+    """
+    _check_options(global_mean, gemm_dtype, pinv_rtol)
+    results: dict[int, dict] = {}
+    for item in items:
+        graph = epoch_graph(
+            item, global_mean=global_mean, pinv_rtol=pinv_rtol, gemm_dtype=gemm_dtype, ncc=ncc
+        )
+        if progress:
+            print(f"ncanalysis: {item.context()}: {', '.join(item.splits)}", file=sys.stderr)
+        if item.epoch in results:
+            raise InputError(f"{item.context()}: epoch given twice")
+        results[item.epoch] = _compute(graph, scheduler, progress)
+    return _to_dataset(
+        results,
+        num_classes=num_classes,
+        num_features=num_features,
+        class_names=class_names,
+        attrs=_settings_attrs(global_mean, pinv_rtol, gemm_dtype, ncc, source),
+    )
+
+
+def analyze_arrays(
+    splits: Mapping[str, tuple[Any, Any]],
+    weight: Any,
+    bias: Any = None,
+    *,
+    epoch: int = 0,
+    scheduler: Any = None,
+    global_mean: str = "class",
+    pinv_rtol: float = 1e-10,
+    gemm_dtype: str = "float32",
+    ncc: bool = True,
+    rows_per_block: int | None = None,
+    progress: bool = False,
+    class_names: Sequence[str] | None = None,
+) -> xr.Dataset:
+    """Every Neural Collapse metric of one epoch, from arrays (no store needed).
+
+    Parameters
+    ----------
+    splits : mapping of str to (features, labels)
+        E.g. ``{"train": (X, y), "test": (Xt, yt)}``.  Features (N, d) and labels
+        (N,) may be numpy arrays, dask arrays, zarr arrays or h5py datasets; they
+        are read block by block and never loaded whole.
+    weight : array, shape (C, d)
+        The last layer's weight.
+    bias : array, shape (C,), optional
+        The last layer's bias (zeros when omitted).
+    epoch : int
+        The epoch coordinate of the result.
+    scheduler : str or distributed.Client, optional
+        Passed to ``dask.compute``; default: the active Client, else threads.
+    global_mean : {"class", "sample"}
+        mu_G as the mean of the class means (default) or of all samples.
+    pinv_rtol : float
+        Eigenvalues of Sigma_B at or below ``pinv_rtol`` times the largest are
+        dropped from its pseudo-inverse.
+    gemm_dtype : {"float32", "float64"}
+        Dtype of the large matrix products; sums are always float64.
+    ncc : bool
+        Compute the NCC mismatch (needs a "train" split).
+    rows_per_block : int, optional
+        Rows per dask block (default: about 64 MiB of stored features).
+    progress : bool
+        Progress bar on stderr.
+    class_names : sequence of str, optional
+
+    Returns
+    -------
+    xarray.Dataset
+        Dimensions epoch (length 1), split and class; see ``docs/metrics.md``.
+    """
+    weight = np.asarray(weight)
+    bias = np.zeros(weight.shape[0]) if bias is None else np.asarray(bias)
+    prepared = {
+        name: (as_row_blocks(features, rows_per_block=rows_per_block), _labels_array(labels))
+        for name, (features, labels) in splits.items()
+    }
+    item = EpochInput(epoch=int(epoch), splits=prepared, weight=weight, bias=bias)
+    return analyze_epochs(
+        [item],
+        num_classes=weight.shape[0] if weight.ndim == 2 else 0,
+        num_features=weight.shape[-1],
+        class_names=class_names,
+        scheduler=scheduler,
+        global_mean=global_mean,
+        pinv_rtol=pinv_rtol,
+        gemm_dtype=gemm_dtype,
+        ncc=ncc,
+        progress=progress,
+    )
+
+
+def _labels_array(labels: Any) -> Any:
+    """Labels as a numpy array, or a dask array left lazy."""
+    if isinstance(labels, da.Array):
+        return labels
+    return np.asarray(labels[...] if hasattr(labels, "chunks") else labels)
+
+
+def analyze(
+    store_or_path: Any,
+    *,
+    epochs: Iterable[int] | None = None,
+    splits: Iterable[str] | None = None,
+    scheduler: Any = None,
+    global_mean: str = "class",
+    pinv_rtol: float = 1e-10,
+    gemm_dtype: str = "float32",
+    ncc: bool = True,
+    rows_per_block: int | None = None,
+    progress: bool = False,
+) -> xr.Dataset:
+    """Every Neural Collapse metric of every complete epoch and split of a store.
+
+    Parameters
+    ----------
+    store_or_path : Store or path
+        An open :class:`ncanalysis.store.Store` or the path of one (Zarr or HDF5).
+    epochs : iterable of int, optional
+        Epochs to analyse (default: every complete epoch).  Asking for an
+        incomplete or missing epoch raises.
+    splits : iterable of str, optional
+        Splits to analyse (default: all).  NCC needs "train" among them.
+    scheduler, global_mean, pinv_rtol, gemm_dtype, ncc, rows_per_block, progress
+        As in :func:`analyze_arrays`.
+
+    Returns
+    -------
+    xarray.Dataset
+        Dimensions epoch, split and class.
+    """
+    from .store import Store, open_store
+
+    store = store_or_path if isinstance(store_or_path, Store) else open_store(store_or_path)
+    wanted = store.epochs() if epochs is None else [int(e) for e in epochs]
+    chosen = None if splits is None else list(splits)
+
+    def items() -> Iterable[EpochInput]:
+        for epoch in wanted:
+            names = store.splits(epoch)
+            if chosen is not None:
+                missing = [s for s in chosen if s not in names]
+                if missing:
+                    raise InputError(
+                        f"{store.path}: epoch {epoch} has no split(s) {missing} (has {names})"
+                    )
+                names = [s for s in names if s in chosen]
+            yield EpochInput(
+                epoch=epoch,
+                splits={
+                    s: (
+                        store.features(epoch, s, rows_per_block=rows_per_block),
+                        store.labels(epoch, s),
+                    )
+                    for s in names
+                },
+                weight=store.weight(epoch),
+                bias=store.bias(epoch),
+                where=os.fspath(store.path),
+            )
+
+    return analyze_epochs(
+        items(),
+        num_classes=store.num_classes,
+        num_features=store.num_features,
+        class_names=store.class_names,
+        source=os.fspath(store.path),
+        scheduler=scheduler,
+        global_mean=global_mean,
+        pinv_rtol=pinv_rtol,
+        gemm_dtype=gemm_dtype,
+        ncc=ncc,
+        progress=progress,
+    )

@@ -1,0 +1,105 @@
+"""Turn the arrays other projects hand us into row-chunked dask arrays.
+
+Accepted: numpy arrays, dask arrays, zarr arrays and h5py datasets.  h5py
+objects cannot be pickled, so an h5py dataset becomes a :class:`HDF5Rows`
+proxy that remembers the file path and dataset name and opens the file inside
+each task: under dask.distributed the workers read their own rows and no data
+passes through the client.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import dask.array as da
+import numpy as np
+
+__all__ = ["HDF5Rows", "as_row_blocks", "DEFAULT_BLOCK_BYTES"]
+
+#: Target size of one dask block of stored features (bytes, stored dtype).
+DEFAULT_BLOCK_BYTES = 64 * 2**20
+
+
+class HDF5Rows:
+    """A picklable, read-only stand-in for an HDF5 dataset.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The HDF5 file.
+    name : str
+        The dataset's path inside the file.
+    shape, dtype
+        Those of the dataset (so that dask need not open the file to plan).
+    """
+
+    def __init__(self, path: str | os.PathLike, name: str, shape: tuple[int, ...], dtype: Any):
+        self.path = os.fspath(path)
+        self.name = name
+        self.shape = tuple(shape)
+        self.dtype = np.dtype(dtype)
+        self.ndim = len(self.shape)
+
+    @classmethod
+    def from_dataset(cls, dataset: Any) -> "HDF5Rows":
+        """Proxy an open ``h5py.Dataset``."""
+        return cls(dataset.file.filename, dataset.name, dataset.shape, dataset.dtype)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        import h5py
+
+        # Opened per read: a cached handle would go stale if a writer appends epochs.
+        with h5py.File(self.path, "r") as handle:
+            return handle[self.name][key]
+
+    def __repr__(self) -> str:
+        return f"HDF5Rows({self.path!r}, {self.name!r}, shape={self.shape}, dtype={self.dtype})"
+
+
+def _stored_rows(array: Any) -> int | None:
+    """Rows per stored chunk of a zarr array or h5py dataset, if chunked."""
+    chunks = getattr(array, "chunks", None)
+    if isinstance(chunks, tuple) and chunks and isinstance(chunks[0], int):
+        return int(chunks[0])
+    return None
+
+
+def _block_rows(shape: tuple[int, ...], itemsize: int, stored: int | None, rows: int | None) -> int:
+    """Rows per dask block: ``rows`` or ~DEFAULT_BLOCK_BYTES, a multiple of the stored chunk."""
+    if rows is None:
+        row_bytes = max(1, int(np.prod(shape[1:], dtype=np.int64)) * itemsize)
+        rows = max(1, DEFAULT_BLOCK_BYTES // row_bytes)
+    if stored:
+        rows = max(stored, (rows // stored) * stored)
+    return int(min(max(rows, 1), max(shape[0], 1)))
+
+
+def as_row_blocks(array: Any, *, rows_per_block: int | None = None) -> da.Array:
+    """A dask array chunked along the first axis only, whole rows per block.
+
+    Parameters
+    ----------
+    array : numpy array, dask array, zarr.Array or h5py.Dataset
+    rows_per_block : int, optional
+        Rows per dask block; rounded down to a multiple of the stored chunk
+        rows (at least one stored chunk).  Default: about 64 MiB of stored data.
+    """
+    if isinstance(array, da.Array):
+        stored = int(max(array.chunks[0])) if rows_per_block is None else None
+        rows = _block_rows(array.shape, array.dtype.itemsize, stored, rows_per_block)
+        if rows_per_block is None and all(len(c) == 1 for c in array.chunks[1:]):
+            return array
+        return array.rechunk((rows,) + tuple(-1 for _ in array.shape[1:]))
+    module = type(array).__module__
+    if module.startswith("h5py"):
+        stored = _stored_rows(array)
+        array = HDF5Rows.from_dataset(array)
+    elif module.startswith("zarr"):
+        stored = _stored_rows(array)
+    else:
+        array = np.asarray(array)
+        stored = None
+    rows = _block_rows(array.shape, array.dtype.itemsize, stored, rows_per_block)
+    chunks = (rows,) + tuple(-1 for _ in array.shape[1:])
+    return da.from_array(array, chunks=chunks, asarray=True, lock=False, fancy=False)

@@ -1,0 +1,360 @@
+"""Sufficient statistics of one split, computed block by block and merged exactly.
+
+Two passes over the features of a split:
+
+1. :func:`block_class_sums` -> :class:`ClassSums` (class counts and float64 class
+   sums).  Merged sums give the class means, and from them :func:`split_geometry`
+   builds the between-class geometry: the eigendecomposition of the C x C Gram
+   matrix of the centred means and an orthonormal basis of their span.
+2. :func:`block_scatter` -> :class:`ScatterSums` (per-class NC1 terms, squared
+   residual norms, correct decisions, cross-entropy and NCC mismatches), using a
+   :class:`BlockPlan` made by :func:`block_plan` from the geometry of the split,
+   the geometry of the train split of the same epoch and the classifier.
+
+Every partial is a small dataclass whose ``+`` adds it to another: merging is
+exact up to float64 round-off, so results do not depend on the chunking.  The
+per-block arithmetic is numpy and BLAS on float32/float64 arrays plus the numba
+kernels of :mod:`ncanalysis.kernels`; an array-module swap (GPU) would replace
+these functions only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import kernels
+from .errors import InputError
+
+__all__ = [
+    "ClassSums",
+    "SplitGeometry",
+    "BlockPlan",
+    "ScatterSums",
+    "block_class_sums",
+    "split_geometry",
+    "block_plan",
+    "block_scatter",
+    "GLOBAL_MEAN_CHOICES",
+    "GEMM_DTYPES",
+]
+
+GLOBAL_MEAN_CHOICES = ("class", "sample")
+GEMM_DTYPES = ("float32", "float64")
+
+# Rows handled at once inside a block: bounds the temporaries of one task
+# (residual, GEMM output, NCC scores) whatever the dask chunk size.
+_SUB_BLOCK_ROWS = 4096
+
+
+def _upcast(block: np.ndarray) -> np.ndarray:
+    """Return a float32/float64 C-contiguous copy of a stored block (never compute in float16)."""
+    block = np.asarray(block)
+    dtype = np.float64 if block.dtype == np.float64 else np.float32
+    return np.ascontiguousarray(block, dtype=dtype)
+
+
+def _where(context: str, row: int) -> str:
+    return f"{context}, row {row}" if context else f"row {row}"
+
+
+@dataclass
+class ClassSums:
+    """Pass-1 statistics: samples per class and float64 class sums."""
+
+    counts: np.ndarray  # (C,) int64
+    sums: np.ndarray  # (C, d) float64
+
+    def __add__(self, other: "ClassSums") -> "ClassSums":
+        return ClassSums(self.counts + other.counts, self.sums + other.sums)
+
+
+def block_class_sums(
+    features: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    *,
+    first_row: int = 0,
+    context: str = "",
+) -> ClassSums:
+    """Class counts and sums of one block.
+
+    Parameters
+    ----------
+    features : ndarray, shape (B, d)
+        Any float dtype; upcast to float32 (float64 stays float64).
+    labels : ndarray, shape (B,)
+    num_classes : int
+    first_row : int
+        Row number of the block's first row in its split, for error messages.
+    context : str
+        Where the block comes from ("epoch 3, split 'train'"), for error messages.
+
+    Raises
+    ------
+    InputError
+        A label outside ``0..C-1`` or a NaN/inf feature, naming the row.
+    """
+    feats = _upcast(features)
+    labs = np.ascontiguousarray(labels, dtype=np.int64)
+    if labs.shape != (feats.shape[0],):
+        raise InputError(
+            f"{context}: labels block has shape {labs.shape}, features block {feats.shape}"
+        )
+    counts = np.zeros(num_classes, dtype=np.int64)
+    sums = np.zeros((num_classes, feats.shape[1]), dtype=np.float64)
+    bad_label, bad_value = kernels.class_sums(feats, labs, counts, sums)
+    if bad_label >= 0:
+        raise InputError(
+            f"{_where(context, first_row + bad_label)}: label {labs[bad_label]} is outside "
+            f"0..{num_classes - 1}"
+        )
+    if bad_value >= 0:
+        raise InputError(
+            f"{_where(context, first_row + bad_value)}: features hold NaN or inf"
+        )
+    return ClassSums(counts, sums)
+
+
+@dataclass
+class SplitGeometry:
+    """Class means of a split and the spectrum of its between-class covariance.
+
+    ``basis`` (d x r) is orthonormal and spans the centred means; ``eigenvalues``
+    (r,) are the nonzero eigenvalues of Sigma_B = M~ M~^T / C kept above
+    ``pinv_rtol`` times the largest, so that Sigma_B^+ = basis diag(1/eig) basis^T.
+    """
+
+    counts: np.ndarray  # (C,) int64
+    means: np.ndarray  # (C, d) float64
+    global_mean: np.ndarray  # (d,) float64
+    centred: np.ndarray  # (C, d) float64: rows mu_c - mu_G (M~ transposed)
+    gram_eigenvalues: np.ndarray  # (C,) all eigenvalues of M~^T M~ / C, descending
+    eigenvalues: np.ndarray  # (r,) kept ones
+    eigenvectors: np.ndarray  # (C, r) eigenvectors of the Gram matrix for the kept ones
+    basis: np.ndarray  # (d, r)
+    pinv_rtol: float
+
+    @property
+    def rank(self) -> int:
+        """Number of eigenpairs kept for the pseudo-inverse."""
+        return int(self.eigenvalues.shape[0])
+
+    @property
+    def num_samples(self) -> int:
+        """N, the number of samples of the split."""
+        return int(self.counts.sum())
+
+
+def split_geometry(
+    sums: ClassSums,
+    *,
+    global_mean: str = "class",
+    pinv_rtol: float = 1e-10,
+    context: str = "",
+) -> SplitGeometry:
+    """Means, centred means and the pseudo-inverse spectrum of Sigma_B.
+
+    The spectrum comes from the C x C Gram matrix ``M~^T M~ / C`` in float64,
+    whose nonzero eigenvalues are those of Sigma_B; unit eigenvectors of Sigma_B
+    are ``u_k = M~ v_k / sqrt(C lambda_k)``.
+
+    Raises
+    ------
+    InputError
+        A class without samples, or no between-class spread at all.
+    """
+    counts = sums.counts
+    empty = np.flatnonzero(counts == 0)
+    if empty.size:
+        raise InputError(
+            f"{context}: class(es) {empty.tolist()} have no samples; every class needs "
+            "at least one sample in every split"
+        )
+    num_classes = counts.shape[0]
+    means = sums.sums / counts[:, None]
+    if global_mean == "class":
+        mu_g = means.mean(axis=0)
+    elif global_mean == "sample":
+        mu_g = sums.sums.sum(axis=0) / counts.sum()
+    else:
+        raise InputError(f"global_mean must be one of {GLOBAL_MEAN_CHOICES}, not {global_mean!r}")
+    centred = means - mu_g
+    gram = centred @ centred.T / num_classes
+    eigenvalues, eigenvectors = np.linalg.eigh(gram)
+    order = np.argsort(eigenvalues)[::-1]
+    eigenvalues, eigenvectors = eigenvalues[order], eigenvectors[:, order]
+    top = eigenvalues[0]
+    if not top > 0:
+        raise InputError(f"{context}: all class means are equal; Sigma_B is zero")
+    keep = eigenvalues > pinv_rtol * top
+    kept_values, kept_vectors = eigenvalues[keep], eigenvectors[:, keep]
+    basis = centred.T @ kept_vectors / np.sqrt(num_classes * kept_values)
+    return SplitGeometry(
+        counts=counts,
+        means=means,
+        global_mean=mu_g,
+        centred=centred,
+        gram_eigenvalues=eigenvalues,
+        eigenvalues=kept_values,
+        eigenvectors=kept_vectors,
+        basis=basis,
+        pinv_rtol=pinv_rtol,
+    )
+
+
+@dataclass
+class BlockPlan:
+    """Everything a pass-2 block needs, computed once per split and epoch.
+
+    ``products = residual @ projection``, with ``projection = [U_s | U_train | W^T]``
+    (the ``U_train`` columns are absent on the train split, whose NCC frame is its
+    own ``U_s``, and when NCC is off).
+    """
+
+    means: np.ndarray  # (C, d) float64, the split's class means
+    projection: np.ndarray  # (d, K) in the GEMM dtype
+    inv_eigenvalues: np.ndarray  # (r,)
+    ncc_start: int
+    ncc_offsets: np.ndarray  # (C, r_t) float64: (mu_c - mu_G^train) U_train
+    train_means_projected: np.ndarray  # (C, r_t) in the GEMM dtype
+    train_means_sqnorm: np.ndarray  # (C,) float64
+    logit_start: int
+    logit_offsets: np.ndarray  # (C, C) float64: W mu_c + b
+    gemm_dtype: np.dtype = field(default_factory=lambda: np.dtype(np.float32))
+
+    @property
+    def ncc(self) -> bool:
+        """Whether this plan computes the NCC decisions."""
+        return self.ncc_offsets.shape[1] > 0
+
+
+def block_plan(
+    geometry: SplitGeometry,
+    train: SplitGeometry | None,
+    weight: np.ndarray,
+    bias: np.ndarray,
+    *,
+    gemm_dtype: str = "float32",
+    is_train: bool = False,
+) -> BlockPlan:
+    """Build the pass-2 plan of a split.
+
+    Parameters
+    ----------
+    geometry : SplitGeometry
+        The split's own geometry (residuals and NC1).
+    train : SplitGeometry or None
+        The train split's geometry of the same epoch (NCC); None turns NCC off.
+    weight, bias : ndarray
+        The classifier, (C, d) and (C,).
+    gemm_dtype : {"float32", "float64"}
+    is_train : bool
+        True when ``geometry`` is the train split itself: its basis then serves
+        both NC1 and NCC and the GEMM is one basis narrower.
+    """
+    dtype = np.dtype(gemm_dtype)
+    weight64 = np.asarray(weight, dtype=np.float64)
+    bias64 = np.asarray(bias, dtype=np.float64)
+    blocks = [geometry.basis]
+    rank = geometry.rank
+    if train is None:
+        ncc_start, ncc_basis = rank, np.zeros((weight64.shape[1], 0))
+        train_centred_proj = np.zeros((weight64.shape[0], 0))
+        ncc_offsets = np.zeros((weight64.shape[0], 0))
+    else:
+        ncc_basis = train.basis
+        if is_train:
+            ncc_start = 0
+        else:
+            ncc_start = rank
+            blocks.append(ncc_basis)
+        # Projected centred train means: M~_train^T U_train.
+        train_centred_proj = train.centred @ ncc_basis
+        ncc_offsets = (geometry.means - train.global_mean) @ ncc_basis
+    logit_start = sum(b.shape[1] for b in blocks)
+    blocks.append(weight64.T)
+    projection = np.ascontiguousarray(np.concatenate(blocks, axis=1), dtype=dtype)
+    return BlockPlan(
+        means=geometry.means,
+        projection=projection,
+        inv_eigenvalues=1.0 / geometry.eigenvalues,
+        ncc_start=ncc_start,
+        ncc_offsets=np.ascontiguousarray(ncc_offsets),
+        train_means_projected=np.ascontiguousarray(train_centred_proj, dtype=dtype),
+        train_means_sqnorm=np.einsum("ij,ij->i", train_centred_proj, train_centred_proj),
+        logit_start=logit_start,
+        logit_offsets=np.ascontiguousarray(geometry.means @ weight64.T + bias64),
+        gemm_dtype=dtype,
+    )
+
+
+@dataclass
+class ScatterSums:
+    """Pass-2 statistics, per class (by true label)."""
+
+    nc1: np.ndarray  # (C,) sum of (h - mu_y)^T Sigma_B^+ (h - mu_y)
+    sqnorm: np.ndarray  # (C,) sum of ||h - mu_y||^2
+    correct: np.ndarray  # (C,) int64, argmax of logits == label
+    loss: np.ndarray  # (C,) sum of cross-entropy
+    ncc_mismatch: np.ndarray  # (C,) int64, argmax of logits != nearest train centre
+
+    def __add__(self, other: "ScatterSums") -> "ScatterSums":
+        return ScatterSums(
+            self.nc1 + other.nc1,
+            self.sqnorm + other.sqnorm,
+            self.correct + other.correct,
+            self.loss + other.loss,
+            self.ncc_mismatch + other.ncc_mismatch,
+        )
+
+
+def block_scatter(features: np.ndarray, labels: np.ndarray, plan: BlockPlan) -> ScatterSums:
+    """Pass-2 statistics of one block (labels already validated in pass 1).
+
+    Per sub-block: residual in float64 cast to the GEMM dtype (numba), one GEMM
+    with ``[U_s | U_train | W^T]``, the NC1 terms, logits decisions and loss
+    (numba), one GEMM with the projected train means and the NCC decisions
+    (numba).
+    """
+    feats = _upcast(features)
+    labs = np.ascontiguousarray(labels, dtype=np.int64)
+    num_classes, dim = plan.means.shape
+    out = ScatterSums(
+        nc1=np.zeros(num_classes),
+        sqnorm=np.zeros(num_classes),
+        correct=np.zeros(num_classes, dtype=np.int64),
+        loss=np.zeros(num_classes),
+        ncc_mismatch=np.zeros(num_classes, dtype=np.int64),
+    )
+    n_proj = plan.ncc_offsets.shape[1]
+    for start in range(0, feats.shape[0], _SUB_BLOCK_ROWS):
+        sub = feats[start : start + _SUB_BLOCK_ROWS]
+        sub_labels = labs[start : start + _SUB_BLOCK_ROWS]
+        rows = sub.shape[0]
+        residuals = np.empty((rows, dim), dtype=plan.gemm_dtype)
+        kernels.class_residuals(sub, sub_labels, plan.means, residuals, out.sqnorm)
+        products = residuals @ plan.projection
+        projected = np.empty((rows, n_proj), dtype=plan.gemm_dtype)
+        decisions = np.empty(rows, dtype=np.int64)
+        kernels.scatter_logits(
+            products,
+            sub_labels,
+            plan.inv_eigenvalues,
+            plan.ncc_start,
+            plan.ncc_offsets,
+            projected,
+            plan.logit_start,
+            plan.logit_offsets,
+            out.nc1,
+            out.correct,
+            out.loss,
+            decisions,
+        )
+        if plan.ncc:
+            scores = projected @ plan.train_means_projected.T
+            kernels.ncc_mismatch(
+                scores, plan.train_means_sqnorm, sub_labels, decisions, out.ncc_mismatch
+            )
+    return out
