@@ -2,9 +2,11 @@
 
 Every kernel is serial and releases the GIL (``nogil=True``): dask supplies the
 parallelism by running several blocks at once, and numba's own parallel layer
-aborts when it is entered from dask's threads.  Inputs are float32 or float64
-blocks (numba has no float16: blocks are upcast before they reach a kernel);
-every sum is accumulated in float64.
+aborts when it is entered from dask's threads.  Feature inputs are float32 or
+float64 blocks, or float16 blocks viewed as ``uint16`` bits: numba has no
+float16, and numpy's float16 -> float32 cast costs an extra pass over memory, so
+the kernels decode the bits through :data:`FLOAT16_TABLE` (exact) as they read.
+Every sum is accumulated in float64.
 
 The kernels return the first offending row (or -1) instead of raising, so that
 the caller can name the epoch, split and absolute row in its error message.
@@ -14,8 +16,12 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from numba import types
+from numba.extending import overload
 
 __all__ = [
+    "FLOAT16_TABLE",
+    "kernel_input",
     "class_sums",
     "class_residuals",
     "scatter_logits",
@@ -24,14 +30,41 @@ __all__ = [
 
 _jit = numba.njit(nogil=True, cache=True, fastmath=False)
 
+#: The float32 value of every float16 bit pattern (256 KiB, stays in cache).
+FLOAT16_TABLE = np.arange(2**16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(
+    np.float32
+)
+
+
+def kernel_input(block: np.ndarray) -> np.ndarray:
+    """A block as the kernels take it: float16 as its uint16 bits, else float32/float64."""
+    block = np.asarray(block)
+    if block.dtype == np.float16:
+        return np.ascontiguousarray(block).view(np.uint16)
+    dtype = np.float64 if block.dtype == np.float64 else np.float32
+    return np.ascontiguousarray(block, dtype=dtype)
+
+
+def _value(x, table):  # pragma: no cover - replaced by the overload in compiled code
+    """The float value of one stored element (float16 bits are decoded)."""
+    return table[x] if isinstance(x, np.uint16) else x
+
+
+@overload(_value, inline="always")
+def _value_overload(x, table):
+    if isinstance(x, types.Integer):
+        return lambda x, table: table[x]
+    return lambda x, table: x
+
 
 @_jit
-def class_sums(features, labels, counts, sums):  # pragma: no cover - compiled
+def class_sums(features, table, labels, counts, sums):  # pragma: no cover - compiled
     """Add each row of ``features`` to the float64 sum of its class.
 
     Parameters
     ----------
-    features : ndarray, shape (B, d), float32 or float64
+    features : ndarray, shape (B, d), float32, float64 or uint16 (float16 bits)
+    table : ndarray, :data:`FLOAT16_TABLE`
     labels : ndarray, shape (B,), integer
     counts : ndarray, shape (C,), int64, updated in place
     sums : ndarray, shape (C, d), float64, updated in place
@@ -55,7 +88,7 @@ def class_sums(features, labels, counts, sums):  # pragma: no cover - compiled
             continue
         finite = True
         for j in range(n_features):
-            x = features[i, j]
+            x = _value(features[i, j], table)
             if not np.isfinite(x):
                 finite = False
                 break
@@ -65,12 +98,12 @@ def class_sums(features, labels, counts, sums):  # pragma: no cover - compiled
             continue
         counts[c] += 1
         for j in range(n_features):
-            sums[c, j] += features[i, j]
+            sums[c, j] += _value(features[i, j], table)
     return bad_label, bad_value
 
 
 @_jit
-def class_residuals(features, labels, means, residuals, class_sqnorm):  # pragma: no cover
+def class_residuals(features, table, labels, means, residuals, class_sqnorm):  # pragma: no cover
     """Subtract each row's class mean in float64 and store the residual.
 
     The subtraction happens in float64 before the residual is cast to the GEMM
@@ -79,7 +112,8 @@ def class_residuals(features, labels, means, residuals, class_sqnorm):  # pragma
 
     Parameters
     ----------
-    features : ndarray, shape (B, d), float32 or float64
+    features : ndarray, shape (B, d), float32, float64 or uint16 (float16 bits)
+    table : ndarray, :data:`FLOAT16_TABLE`
     labels : ndarray, shape (B,), integer in ``0..C-1``
     means : ndarray, shape (C, d), float64
     residuals : ndarray, shape (B, d), float32 or float64, written
@@ -90,7 +124,7 @@ def class_residuals(features, labels, means, residuals, class_sqnorm):  # pragma
         c = labels[i]
         acc = 0.0
         for j in range(features.shape[1]):
-            e = np.float64(features[i, j]) - means[c, j]
+            e = np.float64(_value(features[i, j], table)) - means[c, j]
             residuals[i, j] = e
             acc += e * e
         class_sqnorm[c] += acc
@@ -110,6 +144,7 @@ def scatter_logits(
     class_correct,
     class_loss,
     decisions,
+    logits,
 ):  # pragma: no cover - compiled
     """Turn one block's GEMM output into NC1 terms, NCC inputs and logit decisions.
 
@@ -138,6 +173,7 @@ def scatter_logits(
     class_nc1, class_loss : ndarray, shape (C,), float64, updated in place
     class_correct : ndarray, shape (C,), int64, updated in place
     decisions : ndarray, shape (B,), int64, written with argmax of the logits
+    logits : ndarray, shape (C,), float64, scratch space for one row
     """
     rank = inv_eigenvalues.shape[0]
     n_proj = ncc_offsets.shape[1]
@@ -154,18 +190,20 @@ def scatter_logits(
         # Logits: argmax (first on ties) and a cross-entropy that keeps its digits
         # near zero loss: log(sum exp(l - m)) = log1p(sum over the non-max terms).
         best = 0
-        top = np.float64(products[i, logit_start]) + logit_offsets[c, 0]
-        for k in range(1, n_classes):
+        top = -np.inf
+        for k in range(n_classes):
             v = np.float64(products[i, logit_start + k]) + logit_offsets[c, k]
+            logits[k] = v
             if v > top:
                 top = v
                 best = k
+        # The max term contributes exactly 1: leave it out and let log1p keep
+        # the digits of a tiny remainder.
+        logits[best] = -np.inf
         rest = 0.0
         for k in range(n_classes):
-            if k != best:
-                v = np.float64(products[i, logit_start + k]) + logit_offsets[c, k]
-                rest += np.exp(v - top)
-        own = np.float64(products[i, logit_start + c]) + logit_offsets[c, c]
+            rest += np.exp(logits[k] - top)
+        own = top if c == best else logits[c]
         class_loss[c] += (top - own) + np.log1p(rest)
         decisions[i] = best
         if best == c:

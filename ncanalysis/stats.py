@@ -48,13 +48,6 @@ GEMM_DTYPES = ("float32", "float64")
 _SUB_BLOCK_ROWS = 4096
 
 
-def _upcast(block: np.ndarray) -> np.ndarray:
-    """Return a float32/float64 C-contiguous copy of a stored block (never compute in float16)."""
-    block = np.asarray(block)
-    dtype = np.float64 if block.dtype == np.float64 else np.float32
-    return np.ascontiguousarray(block, dtype=dtype)
-
-
 def _where(context: str, row: int) -> str:
     return f"{context}, row {row}" if context else f"row {row}"
 
@@ -83,7 +76,7 @@ def block_class_sums(
     Parameters
     ----------
     features : ndarray, shape (B, d)
-        Any float dtype; upcast to float32 (float64 stays float64).
+        float16, float32 or float64; float16 is decoded exactly inside the kernel.
     labels : ndarray, shape (B,)
     num_classes : int
     first_row : int
@@ -96,24 +89,32 @@ def block_class_sums(
     InputError
         A label outside ``0..C-1`` or a NaN/inf feature, naming the row.
     """
-    feats = _upcast(features)
     labs = np.ascontiguousarray(labels, dtype=np.int64)
-    if labs.shape != (feats.shape[0],):
+    if features.ndim != 2 or labs.shape != (features.shape[0],):
         raise InputError(
-            f"{context}: labels block has shape {labs.shape}, features block {feats.shape}"
+            f"{context}: labels block has shape {labs.shape}, features block {features.shape}"
         )
     counts = np.zeros(num_classes, dtype=np.int64)
-    sums = np.zeros((num_classes, feats.shape[1]), dtype=np.float64)
-    bad_label, bad_value = kernels.class_sums(feats, labs, counts, sums)
-    if bad_label >= 0:
-        raise InputError(
-            f"{_where(context, first_row + bad_label)}: label {labs[bad_label]} is outside "
-            f"0..{num_classes - 1}"
+    sums = np.zeros((num_classes, features.shape[1]), dtype=np.float64)
+    for start in range(0, features.shape[0], _SUB_BLOCK_ROWS):
+        stop = start + _SUB_BLOCK_ROWS
+        bad_label, bad_value = kernels.class_sums(
+            kernels.kernel_input(features[start:stop]),
+            kernels.FLOAT16_TABLE,
+            labs[start:stop],
+            counts,
+            sums,
         )
-    if bad_value >= 0:
-        raise InputError(
-            f"{_where(context, first_row + bad_value)}: features hold NaN or inf"
-        )
+        if bad_label >= 0:
+            row = start + bad_label
+            raise InputError(
+                f"{_where(context, first_row + row)}: label {labs[row]} is outside "
+                f"0..{num_classes - 1}"
+            )
+        if bad_value >= 0:
+            raise InputError(
+                f"{_where(context, first_row + start + bad_value)}: features hold NaN or inf"
+            )
     return ClassSums(counts, sums)
 
 
@@ -313,12 +314,11 @@ class ScatterSums:
 def block_scatter(features: np.ndarray, labels: np.ndarray, plan: BlockPlan) -> ScatterSums:
     """Pass-2 statistics of one block (labels already validated in pass 1).
 
-    Per sub-block: residual in float64 cast to the GEMM dtype (numba), one GEMM
+    Per sub-block of rows: residual in float64 cast to the GEMM dtype (numba), one GEMM
     with ``[U_s | U_train | W^T]``, the NC1 terms, logits decisions and loss
     (numba), one GEMM with the projected train means and the NCC decisions
     (numba).
     """
-    feats = _upcast(features)
     labs = np.ascontiguousarray(labels, dtype=np.int64)
     num_classes, dim = plan.means.shape
     out = ScatterSums(
@@ -329,12 +329,16 @@ def block_scatter(features: np.ndarray, labels: np.ndarray, plan: BlockPlan) -> 
         ncc_mismatch=np.zeros(num_classes, dtype=np.int64),
     )
     n_proj = plan.ncc_offsets.shape[1]
-    for start in range(0, feats.shape[0], _SUB_BLOCK_ROWS):
-        sub = feats[start : start + _SUB_BLOCK_ROWS]
+    logits_row = np.empty(num_classes)
+    for start in range(0, features.shape[0], _SUB_BLOCK_ROWS):
+        # Per sub-block: a task holds the stored block plus small temporaries.
+        sub = kernels.kernel_input(features[start : start + _SUB_BLOCK_ROWS])
         sub_labels = labs[start : start + _SUB_BLOCK_ROWS]
         rows = sub.shape[0]
         residuals = np.empty((rows, dim), dtype=plan.gemm_dtype)
-        kernels.class_residuals(sub, sub_labels, plan.means, residuals, out.sqnorm)
+        kernels.class_residuals(
+            sub, kernels.FLOAT16_TABLE, sub_labels, plan.means, residuals, out.sqnorm
+        )
         products = residuals @ plan.projection
         projected = np.empty((rows, n_proj), dtype=plan.gemm_dtype)
         decisions = np.empty(rows, dtype=np.int64)
@@ -351,6 +355,7 @@ def block_scatter(features: np.ndarray, labels: np.ndarray, plan: BlockPlan) -> 
             out.correct,
             out.loss,
             decisions,
+            logits_row,
         )
         if plan.ncc:
             scores = projected @ plan.train_means_projected.T

@@ -1,0 +1,211 @@
+"""Names, versions and sizes of the ncanalysis store format, version 1.
+
+docs/store-format.md is the specification; this module holds its constants and the
+small pure helpers (paths, chunk sizes, version checks) shared by both backends, the
+reader and the writer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import StoreFormatError
+
+__all__ = [
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "ROOT_ATTR",
+    "EPOCHS_GROUP",
+    "RESULTS_GROUP",
+    "COMPLETE_ATTR",
+    "FEATURES",
+    "LABELS",
+    "SAMPLE_INDEX",
+    "WEIGHT",
+    "BIAS",
+    "DIMENSIONS",
+    "FEATURE_DTYPES",
+    "CLASSIFIER_DTYPES",
+    "LABEL_DTYPE",
+    "SAMPLE_INDEX_DTYPE",
+    "HDF5_SUFFIXES",
+    "DEFAULT_CHUNK_BYTES",
+    "DEFAULT_BLOCK_BYTES",
+    "ArrayInfo",
+    "is_hdf5_path",
+    "epoch_node",
+    "split_node",
+    "parse_epoch_name",
+    "check_split_name",
+    "check_version",
+    "default_chunk_rows",
+    "block_rows",
+]
+
+FORMAT_NAME = "ncanalysis-store"
+FORMAT_VERSION = "1.0"
+#: The one root attribute that holds the format name, version and store-wide metadata.
+ROOT_ATTR = "ncanalysis"
+EPOCHS_GROUP = "epochs"
+#: Written by ncanalysis.results; readers of the store ignore it.
+RESULTS_GROUP = "results"
+#: Epoch group attribute, set true (Zarr) or 1 (HDF5) last, by finalize.
+COMPLETE_ATTR = "complete"
+
+FEATURES = "features"
+LABELS = "labels"
+SAMPLE_INDEX = "sample_index"
+WEIGHT = "weight"
+BIAS = "bias"
+
+#: Dimension names of every array, in axis order.
+DIMENSIONS: dict[str, tuple[str, ...]] = {
+    FEATURES: ("sample", "feature"),
+    LABELS: ("sample",),
+    SAMPLE_INDEX: ("sample",),
+    WEIGHT: ("class", "feature"),
+    BIAS: ("class",),
+}
+
+FEATURE_DTYPES = ("float16", "float32", "float64")
+CLASSIFIER_DTYPES = ("float32", "float64")
+LABEL_DTYPE = "int64"
+SAMPLE_INDEX_DTYPE = "int64"
+HDF5_SUFFIXES = (".h5", ".hdf5")
+
+#: Stored bytes of features per chunk when chunk_rows is not given: a few MB keeps the
+#: number of files per epoch in the hundreds at ImageNet scale and each read large.
+DEFAULT_CHUNK_BYTES = 8 << 20
+#: Stored bytes of features per dask block when rows_per_block is not given.
+DEFAULT_BLOCK_BYTES = 64 << 20
+
+_EPOCH_NAME = re.compile(r"0|[1-9][0-9]*")
+_SPLIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
+# An HDF5 epoch group also holds the arrays and dimension scales named here.
+_RESERVED_SPLIT_NAMES = frozenset({WEIGHT, BIAS, *DIMENSIONS[WEIGHT]})
+
+
+@dataclasses.dataclass(frozen=True)
+class ArrayInfo:
+    """What a backend knows about one stored array without reading its values.
+
+    Attributes
+    ----------
+    shape, chunks : tuple of int
+        Array and chunk shapes.
+    dtype : numpy.dtype
+        Stored dtype.
+    dimension_names : tuple of str or None
+        Zarr ``dimension_names`` or the names of the HDF5 dimension scales; None when
+        an axis has no name.
+    """
+
+    shape: tuple[int, ...]
+    chunks: tuple[int, ...]
+    dtype: np.dtype
+    dimension_names: tuple[str, ...] | None
+
+
+def is_hdf5_path(path: str | os.PathLike[str]) -> bool:
+    """Return True when ``path`` names an HDF5 store (by its suffix)."""
+    return Path(path).suffix.lower() in HDF5_SUFFIXES
+
+
+def epoch_node(epoch: int) -> str:
+    """Return the path of an epoch group relative to the store root."""
+    return f"{EPOCHS_GROUP}/{epoch}"
+
+
+def split_node(epoch: int, split: str) -> str:
+    """Return the path of a split group relative to the store root."""
+    return f"{EPOCHS_GROUP}/{epoch}/{split}"
+
+
+def parse_epoch_name(name: str) -> int | None:
+    """Return the epoch number a group name stands for, or None if it is not one."""
+    return int(name) if _EPOCH_NAME.fullmatch(name) else None
+
+
+def check_split_name(split: str) -> None:
+    """Raise ValueError unless ``split`` is a valid split group name."""
+    if not isinstance(split, str) or not _SPLIT_NAME.fullmatch(split):
+        raise ValueError(
+            f"invalid split name {split!r}: use letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit"
+        )
+    if split in _RESERVED_SPLIT_NAMES:
+        raise ValueError(f"invalid split name {split!r}: the name is reserved by the format")
+
+
+def check_version(meta: object, where: str) -> dict:
+    """Check the root attribute of a store and return it.
+
+    Parameters
+    ----------
+    meta
+        The decoded value of the root attribute ``ROOT_ATTR`` (None when absent).
+    where
+        The store's path, for messages.
+
+    Raises
+    ------
+    StoreFormatError
+        When the attribute is missing, names another format, or has a major version
+        this code cannot read.
+    """
+    if meta is None:
+        raise StoreFormatError(
+            f"{where}: not an ncanalysis store (no root attribute {ROOT_ATTR!r})"
+        )
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
+        raise StoreFormatError(
+            f"{where}: root attribute {ROOT_ATTR!r} does not name the format {FORMAT_NAME!r}"
+        )
+    version = meta.get("version")
+    match = re.fullmatch(r"(\d+)\.(\d+)", version) if isinstance(version, str) else None
+    if match is None:
+        raise StoreFormatError(f"{where}: malformed format version {version!r}")
+    if match[1] != FORMAT_VERSION.split(".")[0]:
+        raise StoreFormatError(
+            f"{where}: store format version {version} is not supported; this ncanalysis "
+            f"reads version {FORMAT_VERSION.split('.')[0]}.x (upgrade ncanalysis to read it)"
+        )
+    return meta
+
+
+def default_chunk_rows(num_samples: int, num_features: int, dtype: str) -> int:
+    """Rows per stored chunk holding about DEFAULT_CHUNK_BYTES of features.
+
+    At least 1 row, at most ``num_samples``.
+    """
+    row_bytes = num_features * np.dtype(dtype).itemsize
+    return max(1, min(num_samples, DEFAULT_CHUNK_BYTES // row_bytes))
+
+
+def block_rows(
+    chunk_rows: int, row_bytes: int, rows_per_block: int | None = None
+) -> int:
+    """Rows per dask block: a whole number (at least one) of stored chunks.
+
+    Parameters
+    ----------
+    chunk_rows
+        Rows per stored chunk.
+    row_bytes
+        Stored bytes of one row.
+    rows_per_block
+        Requested rows per block, rounded to the nearest multiple of ``chunk_rows``;
+        None aims at DEFAULT_BLOCK_BYTES per block.
+    """
+    if rows_per_block is None:
+        chunks = DEFAULT_BLOCK_BYTES // (chunk_rows * row_bytes)
+    elif rows_per_block < 1:
+        raise ValueError(f"rows_per_block must be positive, got {rows_per_block}")
+    else:
+        chunks = round(rows_per_block / chunk_rows)
+    return chunk_rows * max(1, chunks)
