@@ -18,8 +18,10 @@ and peak memory does not grow with N.  Both passes of every split share one
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sys
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +30,9 @@ import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
+from dask.delayed import Delayed
 from dask.graph_manipulation import bind
+from dask.highlevelgraph import HighLevelGraph
 
 from . import stats
 from ._version import __version__
@@ -119,56 +123,94 @@ def _check_epoch(item: EpochInput, ncc: bool) -> None:
         )
 
 
-def _tree_sum(parts: Sequence[Any]) -> Any:
-    """Sum delayed partials in a tree of width _TREE_WIDTH."""
-    parts = list(parts)
-    while len(parts) > 1:
-        parts = [
-            dask.delayed(sum)(parts[i + 1 : i + _TREE_WIDTH], parts[i])
-            for i in range(0, len(parts), _TREE_WIDTH)
-        ]
-    return parts[0]
+def _add_all(parts: list) -> Any:
+    """Sum a list of partial statistics (their ``+`` merges them exactly)."""
+    return sum(parts[1:], parts[0])
 
 
-def _label_blocks(labels: Any, chunks: tuple[int, ...]) -> list[Any]:
-    """Delayed label blocks aligned with the feature blocks."""
+def _aligned_labels(labels: Any, chunks: tuple[int, ...]) -> da.Array:
+    """Labels as a dask array chunked like the feature rows."""
     labels = labels if isinstance(labels, da.Array) else da.from_array(np.asarray(labels))
-    return list(labels.rechunk((chunks,)).to_delayed())
+    return labels.rechunk((chunks,))
 
 
-def _pass1(item: EpochInput, split: str, num_classes: int, **options: Any) -> Any:
+def _block_layer(
+    name: str, task: Any, features: da.Array, labels: da.Array, extra: list
+) -> tuple[dict, Any]:
+    """Tasks ``task(feature block, label block, *extra[i])`` merged by a tree of sums.
+
+    The graph is written directly (one task per block, then _TREE_WIDTH-wide
+    sums), referring to the array chunks by key: wrapping each block in
+    ``dask.delayed`` would merge and cull the whole graph once per block.
+    Returns the layer and the key of the merged result.
+    """
+    layer: dict = {}
+    keys = []
+    for i in range(features.numblocks[0]):
+        key = (name, 0, i)
+        layer[key] = (task, (features.name, i, 0), (labels.name, i), *extra[i])
+        keys.append(key)
+    level = 0
+    while len(keys) > 1:
+        level += 1
+        merged = []
+        for j in range(0, len(keys), _TREE_WIDTH):
+            key = (name, level, j // _TREE_WIDTH)
+            layer[key] = (_add_all, keys[j : j + _TREE_WIDTH])
+            merged.append(key)
+        keys = merged
+    return layer, keys[0]
+
+
+def _pass1(item: EpochInput, split: str, num_classes: int, **options: Any) -> Delayed:
+    """The split's geometry (class means, Sigma_B spectrum) as one delayed value."""
     features, labels = item.splits[split]
+    labels = _aligned_labels(labels, features.chunks[0])
+    context = item.context(split)
+    name = f"ncanalysis-sums-{uuid.uuid4().hex}"
     offsets = np.concatenate([[0], np.cumsum(features.chunks[0])[:-1]])
-    partials = [
-        dask.delayed(stats.block_class_sums)(
-            block[0], lab, num_classes, first_row=int(first), context=item.context(split)
-        )
-        for block, lab, first in zip(
-            features.to_delayed(), _label_blocks(labels, features.chunks[0]), offsets
-        )
-    ]
-    return dask.delayed(stats.split_geometry)(
-        _tree_sum(partials), context=item.context(split), **options
+    task = functools.partial(_class_sums_task, num_classes=num_classes, context=context)
+    layer, total = _block_layer(name, task, features, labels, [[int(o)] for o in offsets])
+    layer[name] = (functools.partial(stats.split_geometry, context=context, **options), total)
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=[features, labels])
+    return Delayed(name, graph)
+
+
+def _class_sums_task(features, labels, first_row, *, num_classes, context):
+    return stats.block_class_sums(
+        features, labels, num_classes, first_row=first_row, context=context
     )
 
 
-def _pass2(item: EpochInput, split: str, plan: Any) -> Any:
+def _pass2(item: EpochInput, split: str, plan: Delayed) -> Delayed:
+    """The split's merged scatter statistics as one delayed value."""
     features, labels = item.splits[split]
+    labels = _aligned_labels(labels, features.chunks[0])
     # Fresh read tasks that wait for the plan: no block is held between passes.
     features = bind(features, [plan])
-    partials = [
-        dask.delayed(stats.block_scatter)(block[0], lab, plan)
-        for block, lab in zip(features.to_delayed(), _label_blocks(labels, features.chunks[0]))
-    ]
-    return _tree_sum(partials)
+    name = f"ncanalysis-scatter-{uuid.uuid4().hex}"
+    extra = [[plan.key]] * features.numblocks[0]
+    layer, total = _block_layer(name, stats.block_scatter, features, labels, extra)
+    layer[name] = (_identity, total)
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=[features, labels, plan])
+    return Delayed(name, graph)
+
+
+def _identity(value: Any) -> Any:
+    return value
 
 
 def _collect(
-    geometries: dict, scatters: dict, weight: np.ndarray, bias: np.ndarray, ncc: bool
+    splits: list[str],
+    geometries: list,
+    scatters: list,
+    weight: np.ndarray,
+    bias: np.ndarray,
+    ncc: bool,
 ) -> dict:
     return {
-        split: split_metrics(geometries[split], scatters[split], weight, bias, ncc=ncc)
-        for split in geometries
+        split: split_metrics(geometry, scatter, weight, bias, ncc=ncc)
+        for split, geometry, scatter in zip(splits, geometries, scatters)
     }
 
 
@@ -204,7 +246,15 @@ def epoch_graph(
             is_train=(split == "train"),
         )
         scatters[split] = _pass2(item, split, plan)
-    return dask.delayed(_collect)(geometries, scatters, item.weight, item.bias, ncc)
+    names = list(item.splits)
+    return dask.delayed(_collect)(
+        names,
+        [geometries[s] for s in names],
+        [scatters[s] for s in names],
+        item.weight,
+        item.bias,
+        ncc,
+    )
 
 
 def _active_client(scheduler: Any) -> Any:

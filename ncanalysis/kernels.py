@@ -10,6 +10,9 @@ Every sum is accumulated in float64.
 
 The kernels return the first offending row (or -1) instead of raising, so that
 the caller can name the epoch, split and absolute row in its error message.
+Decisions (argmax of the logits, nearest class centre) go to the lowest class
+index on ties; rows too close to call after float32 or projected arithmetic are
+flagged and decided again exactly by :func:`exact_decisions`.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ __all__ = [
     "class_sums",
     "class_residuals",
     "scatter_logits",
-    "ncc_mismatch",
+    "ncc_decisions",
+    "exact_decisions",
 ]
 
 _jit = numba.njit(nogil=True, cache=True, fastmath=False)
@@ -103,7 +107,9 @@ def class_sums(features, table, labels, counts, sums):  # pragma: no cover - com
 
 
 @_jit
-def class_residuals(features, table, labels, means, residuals, class_sqnorm):  # pragma: no cover
+def class_residuals(
+    features, table, labels, means, residuals, class_sqnorm, row_sqnorm
+):  # pragma: no cover - compiled
     """Subtract each row's class mean in float64 and store the residual.
 
     The subtraction happens in float64 before the residual is cast to the GEMM
@@ -119,6 +125,8 @@ def class_residuals(features, table, labels, means, residuals, class_sqnorm):  #
     residuals : ndarray, shape (B, d), float32 or float64, written
     class_sqnorm : ndarray, shape (C,), float64, updated in place with the
         squared norms of the float64 residuals
+    row_sqnorm : ndarray, shape (B,), float64, written with each row's squared
+        residual norm (it bounds the round-off of the row's logits)
     """
     for i in range(features.shape[0]):
         c = labels[i]
@@ -128,6 +136,7 @@ def class_residuals(features, table, labels, means, residuals, class_sqnorm):  #
             residuals[i, j] = e
             acc += e * e
         class_sqnorm[c] += acc
+        row_sqnorm[i] = acc
 
 
 @_jit
@@ -141,10 +150,13 @@ def scatter_logits(
     logit_start,
     logit_offsets,
     class_nc1,
-    class_correct,
     class_loss,
     decisions,
     logits,
+    row_sqnorm,
+    weight_norm,
+    tie_scale,
+    recheck,
 ):  # pragma: no cover - compiled
     """Turn one block's GEMM output into NC1 terms, NCC inputs and logit decisions.
 
@@ -158,8 +170,6 @@ def scatter_logits(
       centred feature projected onto the train basis (written to ``projected``);
     - columns ``logit_start..`` plus ``logit_offsets[y]``: the logits W h + b.
 
-    Ties in the network's decision go to the lowest class index.
-
     Parameters
     ----------
     products : ndarray, shape (B, K), float32 or float64
@@ -171,9 +181,16 @@ def scatter_logits(
     logit_start : int
     logit_offsets : ndarray, shape (C, C), float64
     class_nc1, class_loss : ndarray, shape (C,), float64, updated in place
-    class_correct : ndarray, shape (C,), int64, updated in place
     decisions : ndarray, shape (B,), int64, written with argmax of the logits
+        (ties to the lowest index)
     logits : ndarray, shape (C,), float64, scratch space for one row
+    row_sqnorm : ndarray, shape (B,), squared residual norms
+    weight_norm : float, max_c ||w_c||
+    tie_scale : float
+        Relative round-off bound: a row whose two largest logits are closer
+        than ``tie_scale * (||residual|| max_c ||w_c|| + |top|)`` is flagged
+        in ``recheck`` for an exact float64 decision.
+    recheck : ndarray, shape (B,), bool, set where a decision is too close to call
     """
     rank = inv_eigenvalues.shape[0]
     n_proj = ncc_offsets.shape[1]
@@ -187,32 +204,34 @@ def scatter_logits(
         class_nc1[c] += q
         for k in range(n_proj):
             projected[i, k] = products[i, ncc_start + k] + ncc_offsets[c, k]
-        # Logits: argmax (first on ties) and a cross-entropy that keeps its digits
-        # near zero loss: log(sum exp(l - m)) = log1p(sum over the non-max terms).
         best = 0
         top = -np.inf
+        second = -np.inf
         for k in range(n_classes):
             v = np.float64(products[i, logit_start + k]) + logit_offsets[c, k]
             logits[k] = v
             if v > top:
+                second = top
                 top = v
                 best = k
-        # The max term contributes exactly 1: leave it out and let log1p keep
-        # the digits of a tiny remainder.
+            elif v > second:
+                second = v
+        if top - second <= tie_scale * (np.sqrt(row_sqnorm[i]) * weight_norm + abs(top)):
+            recheck[i] = True
+        # Cross-entropy that keeps its digits near zero loss: the max term of
+        # sum exp(l - top) is exactly 1, so leave it out and use log1p.
+        own = logits[c]
         logits[best] = -np.inf
         rest = 0.0
         for k in range(n_classes):
             rest += np.exp(logits[k] - top)
-        own = top if c == best else logits[c]
         class_loss[c] += (top - own) + np.log1p(rest)
         decisions[i] = best
-        if best == c:
-            class_correct[c] += 1
 
 
 @_jit
-def ncc_mismatch(scores, mean_sqnorms, labels, decisions, class_mismatch):  # pragma: no cover
-    """Count rows whose nearest class centre differs from the network's decision.
+def ncc_decisions(scores, mean_sqnorms, projected, tie_scale, nearest, recheck):  # pragma: no cover
+    """Nearest train class centre of each row, from projected inner products.
 
     ``scores[i, c] = <p_i, m_c>`` for the projected centred feature p_i and the
     projected centred train mean m_c, so ``||p_i - m_c||^2 = ||p_i||^2 +
@@ -223,16 +242,73 @@ def ncc_mismatch(scores, mean_sqnorms, labels, decisions, class_mismatch):  # pr
     ----------
     scores : ndarray, shape (B, C)
     mean_sqnorms : ndarray, shape (C,), float64
-    labels, decisions : ndarray, shape (B,)
-    class_mismatch : ndarray, shape (C,), int64, updated in place (by true class)
+    projected : ndarray, shape (B, r_t), the p_i (for the round-off bound)
+    tie_scale : float
+        A row whose two smallest distances are closer than ``tie_scale *
+        (||p_i|| + max_c ||m_c||)^2`` is flagged in ``recheck``.
+    nearest : ndarray, shape (B,), int64, written
+    recheck : ndarray, shape (B,), bool, set where the decision is too close to call
     """
+    largest = 0.0
+    for c in range(mean_sqnorms.shape[0]):
+        largest = max(largest, mean_sqnorms[c])
     for i in range(scores.shape[0]):
         best = 0
-        low = mean_sqnorms[0] - 2.0 * np.float64(scores[i, 0])
-        for c in range(1, scores.shape[1]):
+        low = np.inf
+        second = np.inf
+        for c in range(scores.shape[1]):
             v = mean_sqnorms[c] - 2.0 * np.float64(scores[i, c])
+            if v < low:
+                second = low
+                low = v
+                best = c
+            elif v < second:
+                second = v
+        psq = 0.0
+        for k in range(projected.shape[1]):
+            psq += np.float64(projected[i, k]) ** 2
+        size = np.sqrt(psq) + np.sqrt(largest)
+        if second - low <= tie_scale * size * size:
+            recheck[i] = True
+        nearest[i] = best
+
+
+@_jit
+def exact_decisions(features, weight, bias, train_means, decisions, nearest):  # pragma: no cover
+    """Both decisions of a few rows, directly in float64 (ties to the lowest index).
+
+    Used for the rows that the fast path flagged as too close to call: logits
+    ``<w_c, h> + b_c`` and squared distances ``||h - mu_c||^2`` summed term by
+    term, so that mathematically equal values come out equal.
+
+    Parameters
+    ----------
+    features : ndarray, shape (k, d), float64
+    weight : ndarray, shape (C, d), float64
+    bias : ndarray, shape (C,), float64
+    train_means : ndarray, shape (C, d), float64, or shape (0, d) to skip NCC
+    decisions, nearest : ndarray, shape (k,), int64, written
+    """
+    for i in range(features.shape[0]):
+        best = 0
+        top = -np.inf
+        for c in range(weight.shape[0]):
+            v = 0.0
+            for j in range(features.shape[1]):
+                v += weight[c, j] * features[i, j]
+            v += bias[c]
+            if v > top:
+                top = v
+                best = c
+        decisions[i] = best
+        best = 0
+        low = np.inf
+        for c in range(train_means.shape[0]):
+            v = 0.0
+            for j in range(features.shape[1]):
+                diff = features[i, j] - train_means[c, j]
+                v += diff * diff
             if v < low:
                 low = v
                 best = c
-        if best != decisions[i]:
-            class_mismatch[labels[i]] += 1
+        nearest[i] = best

@@ -43,6 +43,10 @@ __all__ = [
 GLOBAL_MEAN_CHOICES = ("class", "sample")
 GEMM_DTYPES = ("float32", "float64")
 
+# Relative round-off bounds of the fast decisions, by GEMM dtype: closer calls
+# are decided again exactly (about 100 and 5000 units in the last place).
+_TIE_SCALE = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
+
 # Rows handled at once inside a block: bounds the temporaries of one task
 # (residual, GEMM output, NCC scores) whatever the dask chunk size.
 _SUB_BLOCK_ROWS = 4096
@@ -223,6 +227,9 @@ class BlockPlan:
     train_means_sqnorm: np.ndarray  # (C,) float64
     logit_start: int
     logit_offsets: np.ndarray  # (C, C) float64: W mu_c + b
+    weight: np.ndarray  # (C, d) float64, for exact decisions of close calls
+    bias: np.ndarray  # (C,) float64
+    train_means: np.ndarray  # (C, d) float64, or (0, d) without NCC
     gemm_dtype: np.dtype = field(default_factory=lambda: np.dtype(np.float32))
 
     @property
@@ -262,10 +269,12 @@ def block_plan(
     rank = geometry.rank
     if train is None:
         ncc_start, ncc_basis = rank, np.zeros((weight64.shape[1], 0))
+        train_means = np.zeros((0, weight64.shape[1]))
         train_centred_proj = np.zeros((weight64.shape[0], 0))
         ncc_offsets = np.zeros((weight64.shape[0], 0))
     else:
         ncc_basis = train.basis
+        train_means = train.means
         if is_train:
             ncc_start = 0
         else:
@@ -287,6 +296,9 @@ def block_plan(
         train_means_sqnorm=np.einsum("ij,ij->i", train_centred_proj, train_centred_proj),
         logit_start=logit_start,
         logit_offsets=np.ascontiguousarray(geometry.means @ weight64.T + bias64),
+        weight=np.ascontiguousarray(weight64),
+        bias=bias64,
+        train_means=np.ascontiguousarray(train_means),
         gemm_dtype=dtype,
     )
 
@@ -314,34 +326,37 @@ class ScatterSums:
 def block_scatter(features: np.ndarray, labels: np.ndarray, plan: BlockPlan) -> ScatterSums:
     """Pass-2 statistics of one block (labels already validated in pass 1).
 
-    Per sub-block of rows: residual in float64 cast to the GEMM dtype (numba), one GEMM
-    with ``[U_s | U_train | W^T]``, the NC1 terms, logits decisions and loss
-    (numba), one GEMM with the projected train means and the NCC decisions
-    (numba).
+    Per sub-block of rows: residual in float64 cast to the GEMM dtype (numba),
+    one GEMM with ``[U_s | U_train | W^T]``, the NC1 terms, logit decisions and
+    loss (numba), one GEMM with the projected train means and the NCC decisions
+    (numba); rows whose decisions are too close to call in that arithmetic are
+    decided again exactly in float64.
     """
     labs = np.ascontiguousarray(labels, dtype=np.int64)
     num_classes, dim = plan.means.shape
-    out = ScatterSums(
-        nc1=np.zeros(num_classes),
-        sqnorm=np.zeros(num_classes),
-        correct=np.zeros(num_classes, dtype=np.int64),
-        loss=np.zeros(num_classes),
-        ncc_mismatch=np.zeros(num_classes, dtype=np.int64),
-    )
+    nc1 = np.zeros(num_classes)
+    sqnorm = np.zeros(num_classes)
+    loss = np.zeros(num_classes)
+    correct = np.zeros(num_classes, dtype=np.int64)
+    mismatch = np.zeros(num_classes, dtype=np.int64)
     n_proj = plan.ncc_offsets.shape[1]
     logits_row = np.empty(num_classes)
+    weight_norm = float(np.sqrt(np.einsum("ij,ij->i", plan.weight, plan.weight).max()))
+    tie_scale = _TIE_SCALE[plan.gemm_dtype]
     for start in range(0, features.shape[0], _SUB_BLOCK_ROWS):
         # Per sub-block: a task holds the stored block plus small temporaries.
         sub = kernels.kernel_input(features[start : start + _SUB_BLOCK_ROWS])
         sub_labels = labs[start : start + _SUB_BLOCK_ROWS]
         rows = sub.shape[0]
         residuals = np.empty((rows, dim), dtype=plan.gemm_dtype)
+        row_sqnorm = np.empty(rows)
         kernels.class_residuals(
-            sub, kernels.FLOAT16_TABLE, sub_labels, plan.means, residuals, out.sqnorm
+            sub, kernels.FLOAT16_TABLE, sub_labels, plan.means, residuals, sqnorm, row_sqnorm
         )
         products = residuals @ plan.projection
         projected = np.empty((rows, n_proj), dtype=plan.gemm_dtype)
         decisions = np.empty(rows, dtype=np.int64)
+        recheck = np.zeros(rows, dtype=np.bool_)
         kernels.scatter_logits(
             products,
             sub_labels,
@@ -351,15 +366,34 @@ def block_scatter(features: np.ndarray, labels: np.ndarray, plan: BlockPlan) -> 
             projected,
             plan.logit_start,
             plan.logit_offsets,
-            out.nc1,
-            out.correct,
-            out.loss,
+            nc1,
+            loss,
             decisions,
             logits_row,
+            row_sqnorm,
+            weight_norm,
+            tie_scale,
+            recheck,
         )
+        nearest = np.empty(rows, dtype=np.int64)
         if plan.ncc:
             scores = projected @ plan.train_means_projected.T
-            kernels.ncc_mismatch(
-                scores, plan.train_means_sqnorm, sub_labels, decisions, out.ncc_mismatch
+            kernels.ncc_decisions(
+                scores, plan.train_means_sqnorm, projected, tie_scale, nearest, recheck
             )
-    return out
+        close = np.flatnonzero(recheck)
+        if close.size:
+            exact_decisions, exact_nearest = np.empty(close.size, np.int64), np.empty(
+                close.size, np.int64
+            )
+            raw = np.asarray(features[start : start + _SUB_BLOCK_ROWS][close], dtype=np.float64)
+            kernels.exact_decisions(
+                raw, plan.weight, plan.bias, plan.train_means, exact_decisions, exact_nearest
+            )
+            decisions[close] = exact_decisions
+            if plan.ncc:
+                nearest[close] = exact_nearest
+        correct += np.bincount(sub_labels[decisions == sub_labels], minlength=num_classes)
+        if plan.ncc:
+            mismatch += np.bincount(sub_labels[decisions != nearest], minlength=num_classes)
+    return ScatterSums(nc1=nc1, sqnorm=sqnorm, correct=correct, loss=loss, ncc_mismatch=mismatch)

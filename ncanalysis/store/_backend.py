@@ -13,6 +13,7 @@ from typing import Any, Protocol
 import dask.array as da
 import numpy as np
 
+from ..errors import StoreFormatError
 from ._hdf5 import HDF5Backend
 from ._zarr import ZarrBackend
 from .spec import ArrayInfo, is_hdf5_path
@@ -32,23 +33,18 @@ class Backend(Protocol):
     def groups(self, node: str) -> list[str]:
         """Names of the child groups of ``node``, sorted; [] when ``node`` is absent."""
 
-    def arrays(self, node: str) -> list[str]:
-        """Names of the child arrays of ``node`` (not HDF5 dimension scales), sorted."""
-
     def has(self, node: str) -> bool:
         """Whether a group or array exists at ``node``."""
 
     def get_attr(self, node: str, key: str) -> Any:
-        """An attribute of ``node`` as a Python value, or None when absent."""
+        """An attribute of ``node`` as a Python value; None when it or ``node`` is absent
+        (an epoch may be replaced by another process between listing and reading)."""
 
     def set_attr(self, node: str, key: str, value: bool) -> None:
         """Set a boolean attribute (HDF5 stores it as the integer 0 or 1)."""
 
     def create_group(self, node: str, attrs: dict[str, bool]) -> None:
-        """Create the group ``node`` with ``attrs``; the parent must exist."""
-
-    def delete(self, node: str) -> None:
-        """Delete the group or array ``node`` and everything under it."""
+        """Create the group ``node`` with ``attrs``, replacing whatever was there."""
 
     def info(self, node: str) -> ArrayInfo | None:
         """Shape, chunks, dtype and dimension names of an array; None if not an array."""
@@ -89,6 +85,8 @@ def open_backend(path: Path, *, writable: bool) -> Backend:
     StoreFormatError
         When ``path`` is missing or not a Zarr group / HDF5 file.
     """
+    if not path.exists():
+        raise StoreFormatError(f"{path}: no such store (the path does not exist)")
     # A file is HDF5 whatever its suffix; a directory is Zarr.
     cls = HDF5Backend if is_hdf5_path(path) or path.is_file() else ZarrBackend
     return cls(path, writable=writable)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +41,8 @@ class ZarrBackend:
             self._root = zarr.open_group(
                 path, mode="r+" if writable else "r", use_consolidated=False
             )
-        except (FileNotFoundError, zarr.errors.GroupNotFoundError) as err:
-            raise StoreFormatError(f"{path}: not a store (no Zarr group found)") from err
+        except (FileNotFoundError, zarr.errors.BaseZarrError, json.JSONDecodeError) as err:
+            raise StoreFormatError(f"{path}: not a store (no Zarr group: {err})") from err
         if self._root.metadata.zarr_format != 3:
             raise StoreFormatError(
                 f"{path}: Zarr format {self._root.metadata.zarr_format} store; "
@@ -64,24 +65,19 @@ class ZarrBackend:
         group = self._group(node)
         return [] if group is None else sorted(group.group_keys())
 
-    def arrays(self, node: str) -> list[str]:
-        group = self._group(node)
-        return [] if group is None else sorted(group.array_keys())
-
     def has(self, node: str) -> bool:
         return node in self._root
 
     def get_attr(self, node: str, key: str) -> Any:
-        return self._root[node].attrs.get(key)
+        found = self._root.get(node)
+        return None if found is None else found.attrs.get(key)
 
     def set_attr(self, node: str, key: str, value: bool) -> None:
         self._root[node].attrs[key] = value
 
     def create_group(self, node: str, attrs: dict[str, bool]) -> None:
-        self._root.create_group(node, attributes=attrs)
-
-    def delete(self, node: str) -> None:
-        del self._root[node]
+        # overwrite also clears leftovers of a deletion cut short (files without zarr.json).
+        self._root.create_group(node, attributes=attrs, overwrite=True)
 
     def info(self, node: str) -> ArrayInfo | None:
         array = self._array(node)
@@ -106,7 +102,7 @@ class ZarrBackend:
         dims: tuple[str, ...],
     ) -> None:
         # Uncompressed: on float16 features Blosc gained 1.0-1.1x and cost read speed
-        # (docs/store-format.md, "Choices").
+        # (docs/store-format.md, section 10).
         self._root.create_array(
             node,
             shape=shape,

@@ -19,6 +19,7 @@ from ..errors import StoreFormatError
 __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
+    "FORMAT_MAJOR",
     "ROOT_ATTR",
     "EPOCHS_GROUP",
     "RESULTS_GROUP",
@@ -42,13 +43,17 @@ __all__ = [
     "split_node",
     "parse_epoch_name",
     "check_split_name",
-    "check_version",
+    "check_meta",
+    "array_problem",
+    "is_count",
+    "is_index",
     "default_chunk_rows",
     "block_rows",
 ]
 
 FORMAT_NAME = "ncanalysis-store"
 FORMAT_VERSION = "1.0"
+FORMAT_MAJOR = int(FORMAT_VERSION.split(".")[0])
 #: The one root attribute that holds the format name, version and store-wide metadata.
 ROOT_ATTR = "ncanalysis"
 EPOCHS_GROUP = "epochs"
@@ -84,6 +89,8 @@ DEFAULT_CHUNK_BYTES = 8 << 20
 #: Stored bytes of features per dask block when rows_per_block is not given.
 DEFAULT_BLOCK_BYTES = 64 << 20
 
+# Floating arrays and their dtypes; labels and sample_index take any integer dtype.
+_DTYPES = {FEATURES: FEATURE_DTYPES, WEIGHT: CLASSIFIER_DTYPES, BIAS: CLASSIFIER_DTYPES}
 _EPOCH_NAME = re.compile(r"0|[1-9][0-9]*")
 _SPLIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 # An HDF5 epoch group also holds the arrays and dimension scales named here.
@@ -142,7 +149,7 @@ def check_split_name(split: str) -> None:
         raise ValueError(f"invalid split name {split!r}: the name is reserved by the format")
 
 
-def check_version(meta: object, where: str) -> dict:
+def check_meta(meta: object, where: str) -> dict:
     """Check the root attribute of a store and return it.
 
     Parameters
@@ -155,8 +162,8 @@ def check_version(meta: object, where: str) -> dict:
     Raises
     ------
     StoreFormatError
-        When the attribute is missing, names another format, or has a major version
-        this code cannot read.
+        When the attribute is missing, names another format, has a major version this
+        code cannot read, or lacks a required entry.
     """
     if meta is None:
         raise StoreFormatError(
@@ -170,12 +177,59 @@ def check_version(meta: object, where: str) -> dict:
     match = re.fullmatch(r"(\d+)\.(\d+)", version) if isinstance(version, str) else None
     if match is None:
         raise StoreFormatError(f"{where}: malformed format version {version!r}")
-    if match[1] != FORMAT_VERSION.split(".")[0]:
+    if int(match[1]) != FORMAT_MAJOR:
         raise StoreFormatError(
             f"{where}: store format version {version} is not supported; this ncanalysis "
-            f"reads version {FORMAT_VERSION.split('.')[0]}.x (upgrade ncanalysis to read it)"
+            f"reads versions {FORMAT_MAJOR}.x (a newer ncanalysis may read it)"
         )
+    c, d = meta.get("num_classes"), meta.get("num_features")
+    for key, value in (("num_classes", c), ("num_features", d)):
+        if not is_count(value):
+            raise StoreFormatError(f"{where}: {key} is {value!r}, not a positive integer")
+    names = meta.get("class_names")
+    if not (isinstance(names, list) and len(names) == c and all(isinstance(n, str) for n in names)):
+        raise StoreFormatError(f"{where}: class_names is not a list of {c} strings")
+    if not isinstance(meta.get("provenance"), dict):
+        raise StoreFormatError(f"{where}: provenance is not a mapping")
     return meta
+
+
+def is_index(value: object) -> bool:
+    """Whether ``value`` is a non-negative integer (a bool is not)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 0
+
+
+def is_count(value: object) -> bool:
+    """Whether ``value`` is a positive integer (a bool is not)."""
+    return is_index(value) and value >= 1
+
+
+def array_problem(info: ArrayInfo | None, name: str, shape: tuple[int, ...]) -> str | None:
+    """What is wrong with a stored array, or None when it fits the spec.
+
+    Parameters
+    ----------
+    info
+        The stored array (None when missing).
+    name
+        Its name (``FEATURES``, ``LABELS``, ...), which fixes its dtypes and dimensions.
+    shape
+        The shape it must have.
+    """
+    if info is None:
+        return "missing"
+    if info.shape != shape:
+        return f"shape {info.shape}, expected {shape}"
+    allowed = _DTYPES.get(name)
+    if allowed is None and info.dtype.kind not in "iu":
+        return f"dtype {info.dtype}, expected an integer dtype"
+    if allowed is not None and info.dtype.name not in allowed:
+        return f"dtype {info.dtype}, expected one of {allowed}"
+    if info.dimension_names != DIMENSIONS[name]:
+        return f"dimension names {info.dimension_names}, expected {DIMENSIONS[name]}"
+    if tuple(info.chunks[1:]) != shape[1:]:
+        return f"chunks {info.chunks} split rows; a chunk must hold whole rows"
+    return None
 
 
 def default_chunk_rows(num_samples: int, num_features: int, dtype: str) -> int:
@@ -187,9 +241,7 @@ def default_chunk_rows(num_samples: int, num_features: int, dtype: str) -> int:
     return max(1, min(num_samples, DEFAULT_CHUNK_BYTES // row_bytes))
 
 
-def block_rows(
-    chunk_rows: int, row_bytes: int, rows_per_block: int | None = None
-) -> int:
+def block_rows(chunk_rows: int, row_bytes: int, rows_per_block: int | None = None) -> int:
     """Rows per dask block: a whole number (at least one) of stored chunks.
 
     Parameters
@@ -204,8 +256,6 @@ def block_rows(
     """
     if rows_per_block is None:
         chunks = DEFAULT_BLOCK_BYTES // (chunk_rows * row_bytes)
-    elif rows_per_block < 1:
-        raise ValueError(f"rows_per_block must be positive, got {rows_per_block}")
     else:
-        chunks = round(rows_per_block / chunk_rows)
+        chunks = (rows_per_block + chunk_rows // 2) // chunk_rows  # halves round up
     return chunk_rows * max(1, chunks)

@@ -1,0 +1,220 @@
+"""Read a store: complete epochs, their splits, features as dask arrays, small arrays as numpy."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+
+from ..errors import IncompleteEpochError, InputError, StoreFormatError
+from ._backend import Backend, open_backend
+from .spec import (
+    BIAS,
+    COMPLETE_ATTR,
+    EPOCHS_GROUP,
+    FEATURES,
+    LABELS,
+    SAMPLE_INDEX,
+    WEIGHT,
+    ArrayInfo,
+    array_problem,
+    block_rows,
+    check_meta,
+    is_count,
+    epoch_node,
+    parse_epoch_name,
+    split_node,
+)
+
+__all__ = ["open_store", "Store"]
+
+
+def open_store(path: str | os.PathLike[str]) -> Store:
+    """Open a store for reading.
+
+    Parameters
+    ----------
+    path
+        A Zarr v3 directory, or an HDF5 file (``.h5``/``.hdf5``).
+
+    Raises
+    ------
+    StoreFormatError
+        When ``path`` is not a store, or has a format version this code cannot read.
+    """
+    backend = open_backend(Path(path), writable=False)
+    try:
+        meta = check_meta(backend.meta(), str(path))
+    except StoreFormatError:
+        backend.close()
+        raise
+    return Store(backend, meta)
+
+
+class Store:
+    """A store opened for reading; made by `open_store`.
+
+    The lists of epochs and splits are read from the store on every call, so a store
+    that is still being written shows each epoch once its writer finalizes it.
+
+    Attributes
+    ----------
+    path : pathlib.Path
+    backend : str
+        ``"zarr"`` or ``"hdf5"``.
+    num_classes, num_features : int
+        C and d.
+    class_names : list of str
+    provenance : dict
+        What the writer recorded (model, layer, storage dtype, library versions, ...).
+    format_version : str
+    """
+
+    def __init__(self, backend: Backend, meta: dict) -> None:
+        self._backend = backend
+        self.path = backend.path
+        self.backend: str = backend.name
+        self.num_classes: int = meta["num_classes"]
+        self.num_features: int = meta["num_features"]
+        self.class_names: list[str] = list(meta["class_names"])
+        self.provenance: dict = meta["provenance"]
+        self.format_version: str = meta["version"]
+
+    def __repr__(self) -> str:
+        return (
+            f"<Store {str(self.path)!r} ({self.backend}): C={self.num_classes}, "
+            f"d={self.num_features}, epochs={self.epochs()}>"
+        )
+
+    def epochs(self) -> list[int]:
+        """Numbers of the complete epochs, sorted."""
+        return [e for e in self._all_epochs() if self._is_complete(e)]
+
+    def incomplete_epochs(self) -> list[int]:
+        """Numbers of the epochs begun but not finalized, sorted."""
+        return [e for e in self._all_epochs() if not self._is_complete(e)]
+
+    def splits(self, epoch: int) -> list[str]:
+        """Splits of a complete epoch: ``"train"`` first if present, then sorted."""
+        self._check_epoch(epoch)
+        return sorted(self._backend.groups(epoch_node(epoch)), key=lambda s: (s != "train", s))
+
+    def num_samples(self, epoch: int, split: str) -> int:
+        """N, the rows of one split of one epoch."""
+        return self._features_info(epoch, split).shape[0]
+
+    def features(
+        self, epoch: int, split: str, *, rows_per_block: int | None = None
+    ) -> da.Array:
+        """Features (N, d) in their stored dtype, as a dask array chunked along rows.
+
+        Parameters
+        ----------
+        epoch, split
+            Which features.
+        rows_per_block
+            Rows per dask block, rounded to a multiple of the stored chunk rows;
+            default about 64 MiB of stored data per block.
+
+        Returns
+        -------
+        dask.array.Array
+            Its graph holds no open file and can be pickled (for dask.distributed).
+        """
+        if rows_per_block is not None and not is_count(rows_per_block):
+            raise InputError(f"rows_per_block must be a positive integer, got {rows_per_block!r}")
+        info = self._features_info(epoch, split)
+        row_bytes = self.num_features * info.dtype.itemsize
+        rows = block_rows(info.chunks[0], row_bytes, rows_per_block)
+        return self._backend.dask(f"{split_node(epoch, split)}/{FEATURES}", rows)
+
+    def labels(self, epoch: int, split: str) -> np.ndarray:
+        """Labels (N,), integers in 0..C-1."""
+        labels = self._read_rows(epoch, split, LABELS)
+        bad = (labels < 0) | (labels >= self.num_classes)
+        if bad.any():
+            row = int(np.argmax(bad))
+            raise StoreFormatError(
+                f"{self._where(epoch, split, LABELS)}: row {row} holds {labels[row]}, "
+                f"outside 0..{self.num_classes - 1}"
+            )
+        return labels
+
+    def sample_index(self, epoch: int, split: str) -> np.ndarray:
+        """Dataset index (N,) of each row, int64."""
+        return self._read_rows(epoch, split, SAMPLE_INDEX).astype(np.int64, copy=False)
+
+    def weight(self, epoch: int) -> np.ndarray:
+        """Classifier weight (C, d), float32 or float64."""
+        return self._read_classifier(epoch, WEIGHT, (self.num_classes, self.num_features))
+
+    def bias(self, epoch: int) -> np.ndarray:
+        """Classifier bias (C,), float32 or float64."""
+        return self._read_classifier(epoch, BIAS, (self.num_classes,))
+
+    def close(self) -> None:
+        """Release the store."""
+        self._backend.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _all_epochs(self) -> list[int]:
+        numbers = (parse_epoch_name(name) for name in self._backend.groups(EPOCHS_GROUP))
+        return sorted(n for n in numbers if n is not None)
+
+    def _is_complete(self, epoch: int) -> bool:
+        # JSON true (Zarr) and the integer 1 (HDF5) both compare equal to 1.
+        return self._backend.get_attr(epoch_node(epoch), COMPLETE_ATTR) == 1
+
+    def _check_epoch(self, epoch: int) -> None:
+        if not self._backend.has(epoch_node(epoch)):
+            raise StoreFormatError(
+                f"{self.path}: no epoch {epoch!r} (complete epochs: {self.epochs()})"
+            )
+        if not self._is_complete(epoch):
+            raise IncompleteEpochError(
+                f"{self.path}: epoch {epoch} is incomplete (its writer has not finalized it)"
+            )
+
+    def _check_split(self, epoch: int, split: str) -> None:
+        splits = self.splits(epoch)
+        if split not in splits:
+            raise StoreFormatError(
+                f"{self.path}: epoch {epoch} has no split {split!r} (splits: {splits})"
+            )
+
+    def _features_info(self, epoch: int, split: str) -> ArrayInfo:
+        self._check_split(epoch, split)
+        info = self._backend.info(f"{split_node(epoch, split)}/{FEATURES}")
+        n = info.shape[0] if info is not None else 0
+        return _checked(info, FEATURES, (n, self.num_features), self._where(epoch, split, FEATURES))
+
+    def _read_rows(self, epoch: int, split: str, name: str) -> np.ndarray:
+        n = self._features_info(epoch, split).shape[0]
+        node = f"{split_node(epoch, split)}/{name}"
+        _checked(self._backend.info(node), name, (n,), self._where(epoch, split, name))
+        return self._backend.read(node)
+
+    def _read_classifier(self, epoch: int, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        self._check_epoch(epoch)
+        node = f"{epoch_node(epoch)}/{name}"
+        where = f"{self.path}: epoch {epoch}, array {name!r}"
+        _checked(self._backend.info(node), name, shape, where)
+        return self._backend.read(node)
+
+    def _where(self, epoch: int, split: str, name: str) -> str:
+        return f"{self.path}: epoch {epoch}, split {split!r}, array {name!r}"
+
+
+def _checked(info: ArrayInfo | None, name: str, shape: tuple[int, ...], where: str) -> ArrayInfo:
+    """``info`` if the array fits the spec, else StoreFormatError naming it."""
+    problem = array_problem(info, name, shape)
+    if problem is not None:
+        raise StoreFormatError(f"{where}: {problem}")
+    return info
