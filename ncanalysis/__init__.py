@@ -12,11 +12,17 @@ The metrics are those of Papyan, Han & Donoho (PNAS 2020) and their companions;
 from ._version import __version__
 from .engine import analyze, analyze_arrays
 from .errors import IncompleteEpochError, InputError, NCAnalysisError, StoreFormatError
+from .store import Store, create_store, open_store, open_store_writer, validate_store
 
 __all__ = [
     "__version__",
     "analyze",
     "analyze_arrays",
+    "open_store",
+    "create_store",
+    "open_store_writer",
+    "validate_store",
+    "Store",
     "NCAnalysisError",
     "StoreFormatError",
     "IncompleteEpochError",

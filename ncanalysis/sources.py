@@ -1,60 +1,23 @@
 """Turn the arrays other projects hand us into row-chunked dask arrays.
 
 Accepted: numpy arrays, dask arrays, zarr arrays and h5py datasets.  h5py
-objects cannot be pickled, so an h5py dataset becomes a :class:`HDF5Rows`
-proxy that remembers the file path and dataset name and opens the file inside
-each task: under dask.distributed the workers read their own rows and no data
-passes through the client.
+objects cannot be pickled, so an h5py dataset becomes the store's HDF5 proxy,
+which remembers the file path and dataset name and opens the file inside each
+task: under dask.distributed the workers read their own rows and no data passes
+through the client.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import dask.array as da
 import numpy as np
 
-__all__ = ["HDF5Rows", "as_row_blocks", "DEFAULT_BLOCK_BYTES"]
+from .store._hdf5 import HDF5Proxy
+from .store.spec import DEFAULT_BLOCK_BYTES
 
-#: Target size of one dask block of stored features (bytes, stored dtype).
-DEFAULT_BLOCK_BYTES = 64 * 2**20
-
-
-class HDF5Rows:
-    """A picklable, read-only stand-in for an HDF5 dataset.
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-        The HDF5 file.
-    name : str
-        The dataset's path inside the file.
-    shape, dtype
-        Those of the dataset (so that dask need not open the file to plan).
-    """
-
-    def __init__(self, path: str | os.PathLike, name: str, shape: tuple[int, ...], dtype: Any):
-        self.path = os.fspath(path)
-        self.name = name
-        self.shape = tuple(shape)
-        self.dtype = np.dtype(dtype)
-        self.ndim = len(self.shape)
-
-    @classmethod
-    def from_dataset(cls, dataset: Any) -> "HDF5Rows":
-        """Proxy an open ``h5py.Dataset``."""
-        return cls(dataset.file.filename, dataset.name, dataset.shape, dataset.dtype)
-
-    def __getitem__(self, key: Any) -> np.ndarray:
-        import h5py
-
-        # Opened per read: a cached handle would go stale if a writer appends epochs.
-        with h5py.File(self.path, "r") as handle:
-            return handle[self.name][key]
-
-    def __repr__(self) -> str:
-        return f"HDF5Rows({self.path!r}, {self.name!r}, shape={self.shape}, dtype={self.dtype})"
+__all__ = ["as_row_blocks"]
 
 
 def _stored_rows(array: Any) -> int | None:
@@ -94,7 +57,7 @@ def as_row_blocks(array: Any, *, rows_per_block: int | None = None) -> da.Array:
     module = type(array).__module__
     if module.startswith("h5py"):
         stored = _stored_rows(array)
-        array = HDF5Rows.from_dataset(array)
+        array = HDF5Proxy(array.file.filename, array.name, array.shape, array.dtype)
     elif module.startswith("zarr"):
         stored = _stored_rows(array)
     else:
