@@ -177,6 +177,7 @@ def _pass1(item: EpochInput, split: str, num_classes: int, **options: Any) -> De
 
 
 def _class_sums_task(features, labels, first_row, *, num_classes, context):
+    """Pass-1 task: the block's row offset arrives positionally from the graph."""
     return stats.block_class_sums(
         features, labels, num_classes, first_row=first_row, context=context
     )
@@ -191,13 +192,8 @@ def _pass2(item: EpochInput, split: str, plan: Delayed) -> Delayed:
     name = f"ncanalysis-scatter-{uuid.uuid4().hex}"
     extra = [[plan.key]] * features.numblocks[0]
     layer, total = _block_layer(name, stats.block_scatter, features, labels, extra)
-    layer[name] = (_identity, total)
     graph = HighLevelGraph.from_collections(name, layer, dependencies=[features, labels, plan])
-    return Delayed(name, graph)
-
-
-def _identity(value: Any) -> Any:
-    return value
+    return Delayed(total, graph, layer=name)
 
 
 def _collect(
