@@ -6,25 +6,47 @@ The metrics are those of Papyan, Han & Donoho (PNAS 2020) and their companions;
 - :func:`analyze` -- every metric of every complete epoch of a store;
 - :func:`analyze_arrays` -- the same from arrays of another project (numpy,
   dask, zarr, h5py), no store needed;
+- :func:`analyze_file` -- the same from another project's HDF5, Zarr or npz dump;
 - :func:`open_store` / :func:`create_store` -- read and write the store format.
+
+The heavy modules (numba, xarray, dask) load on first use, so that the
+extractor and the command line start quickly.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from ._version import __version__
-from .engine import analyze, analyze_arrays
 from .errors import IncompleteEpochError, InputError, NCAnalysisError, StoreFormatError
-from .store import Store, create_store, open_store, open_store_writer, validate_store
+
+_LAZY = {
+    "analyze": ".engine",
+    "analyze_arrays": ".engine",
+    "analyze_file": ".dumps",
+    "open_store": ".store",
+    "create_store": ".store",
+    "open_store_writer": ".store",
+    "validate_store": ".store",
+    "Store": ".store",
+}
 
 __all__ = [
     "__version__",
-    "analyze",
-    "analyze_arrays",
-    "open_store",
-    "create_store",
-    "open_store_writer",
-    "validate_store",
-    "Store",
     "NCAnalysisError",
     "StoreFormatError",
     "IncompleteEpochError",
     "InputError",
+    *_LAZY,
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module 'ncanalysis' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

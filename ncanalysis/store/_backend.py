@@ -8,15 +8,17 @@ them (names, shapes, completeness, checks) lives in one place, not twice.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import dask.array as da
 import numpy as np
 
 from ..errors import StoreFormatError
 from ._hdf5 import HDF5Backend
 from ._zarr import ZarrBackend
 from .spec import ArrayInfo, is_hdf5_path
+
+if TYPE_CHECKING:  # dask.array takes ~1.7 s to import; writers never need it
+    import dask.array as da
 
 __all__ = ["Backend", "open_backend", "create_backend"]
 

@@ -14,14 +14,16 @@ import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import dask.array as da
 import h5py
 import numpy as np
 
 from ..errors import StoreFormatError
 from .spec import EPOCHS_GROUP, ROOT_ATTR, ArrayInfo
+
+if TYPE_CHECKING:  # dask.array takes ~1.7 s to import; writers never need it
+    import dask.array as da
 
 __all__ = ["HDF5Backend", "HDF5Proxy", "LOCK_WAIT_S"]
 
@@ -160,6 +162,8 @@ class HDF5Backend:
     def dask(self, node: str, rows: int) -> da.Array:
         info = self.info(node)
         proxy = HDF5Proxy(str(self.path), node, info.shape, info.dtype)
+        import dask.array as da
+
         return da.from_array(
             proxy,
             chunks=(rows, *info.shape[1:]),

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import dask.array as da
 import numpy as np
 import zarr
 import zarr.errors
 
 from ..errors import StoreFormatError
 from .spec import EPOCHS_GROUP, ROOT_ATTR, ArrayInfo
+
+if TYPE_CHECKING:  # dask.array takes ~1.7 s to import; writers never need it
+    import dask.array as da
 
 __all__ = ["ZarrBackend"]
 
@@ -127,6 +129,8 @@ class ZarrBackend:
 
     def dask(self, node: str, rows: int) -> da.Array:
         array = self._root[node]
+        import dask.array as da
+
         return da.from_zarr(array, chunks=(rows, *array.shape[1:]))
 
     def close(self) -> None:

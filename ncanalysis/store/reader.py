@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import dask.array as da
 import numpy as np
 
 from ..errors import IncompleteEpochError, InputError, StoreFormatError
@@ -27,6 +27,9 @@ from .spec import (
     parse_epoch_name,
     split_node,
 )
+
+if TYPE_CHECKING:  # dask.array takes ~1.7 s to import; writers never need it
+    import dask.array as da
 
 __all__ = ["open_store", "Store"]
 
