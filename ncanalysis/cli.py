@@ -1,0 +1,567 @@
+"""The ``ncanalysis`` command line: run, info, validate and plot.
+
+Conventions: results go to stdout (``--json`` for machines), logs and progress
+to stderr.  Exit codes: 0 success, 1 runtime error, 2 usage error, 3 invalid
+or incomplete input (a store or file that breaks the format, an unfinished
+epoch, arrays that do not fit together).
+
+Start-up time matters (``ncanalysis run`` follows training runs and is called
+from scripts), so this module imports only the standard library at the top;
+each command imports what it needs (matplotlib only for ``plot``,
+dask.distributed only with ``--scheduler``/``--workers``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from ._version import __version__
+from .errors import IncompleteEpochError, InputError, NCAnalysisError, StoreFormatError
+
+__all__ = ["main", "build_parser", "format_table", "parse_epochs"]
+
+EXIT_OK = 0
+EXIT_RUNTIME = 1
+EXIT_USAGE = 2
+EXIT_INVALID = 3
+
+_PROG = "ncanalysis"
+_RESULT_SUFFIXES = (".zarr", ".nc", ".json", ".csv")
+#: Columns of the run table: (variable, header, format).
+_TABLE = (
+    ("accuracy", "acc", "{:.4f}"),
+    ("loss", "loss", "{:.3e}"),
+    ("nc1", "nc1", "{:.3e}"),
+    ("equinorm_means", "eqnorm_mu", "{:.3e}"),
+    ("equinorm_weights", "eqnorm_w", "{:.3e}"),
+    ("equiangular_means", "eqang_mu", "{:.3e}"),
+    ("equiangular_weights", "eqang_w", "{:.3e}"),
+    ("maxangle_means", "maxang_mu", "{:.3e}"),
+    ("maxangle_weights", "maxang_w", "{:.3e}"),
+    ("self_duality", "selfdual", "{:.3e}"),
+    ("ncc_mismatch", "ncc_mism", "{:.4f}"),
+)
+
+
+class UsageError(Exception):
+    """Options that cannot be honoured together (exit code 2)."""
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def parse_epochs(text: str) -> list[int]:
+    """Parse ``"0,3,5-9"`` into ``[0, 3, 5, 6, 7, 8, 9]`` (ranges are inclusive).
+
+    Raises
+    ------
+    argparse.ArgumentTypeError
+        On anything else (argparse turns it into a usage error).
+    """
+    epochs: list[int] = []
+    for part in text.split(","):
+        first, dash, last = part.strip().partition("-")
+        try:
+            start = int(first)
+            stop = int(last) if dash else start
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"invalid epoch list {text!r}: expected e.g. 0,3,5-9"
+            ) from None
+        if start < 0 or stop < start:
+            raise argparse.ArgumentTypeError(f"invalid epoch range {part!r} in {text!r}")
+        epochs.extend(range(start, stop + 1))
+    return sorted(set(epochs))
+
+
+def _split_list(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("expected a comma-separated list of split names")
+    return names
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _relative_tolerance(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must lie in (0, 1), got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``ncanalysis`` (docs/cli.md documents it)."""
+    parser = argparse.ArgumentParser(
+        prog=_PROG,
+        description="Measure Neural Collapse (Papyan, Han & Donoho 2020) from stored "
+        "penultimate activations.",
+        epilog="Exit codes: 0 ok, 1 runtime error, 2 usage error, 3 invalid or incomplete input.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = commands.add_parser(
+        "run",
+        help="analyse every complete epoch of a store (or one dump file)",
+        description="Analyse every complete epoch and split of the store at PATH, print a "
+        "table of the main metrics and save the results (in the store's 'results' group, or "
+        "--output). "
+        "A second run analyses only the epochs not yet analysed with the same settings. "
+        "With --features/--labels/--weight, PATH is instead another project's HDF5, Zarr "
+        "or .npz file holding one epoch.",
+    )
+    run.add_argument("path", metavar="PATH", help="store (Zarr directory or .h5/.hdf5 file), "
+                     "or a dump file with --features")
+    out = run.add_argument_group("output")
+    out.add_argument("-o", "--output", metavar="FILE",
+                     help="write the results here instead of into the store "
+                     "(.zarr, .nc, .json or .csv, by suffix)")
+    out.add_argument("--json", action="store_true",
+                     help="print the results as JSON instead of a table")
+    out.add_argument("--overwrite", action="store_true",
+                     help="discard earlier results at the destination and analyse every "
+                     "selected epoch again")
+    out.add_argument("-q", "--quiet", action="store_true",
+                     help="no progress bar or log lines on stderr")
+    sel = run.add_argument_group("selection")
+    sel.add_argument("--epochs", type=parse_epochs, metavar="LIST",
+                     help="epochs to analyse, e.g. 0,5,10-20 (default: every complete epoch)")
+    sel.add_argument("--splits", type=_split_list, metavar="LIST",
+                     help="splits to analyse, e.g. train,test (default: all)")
+    ana = run.add_argument_group("analysis settings")
+    ana.add_argument("--global-mean", choices=("class", "sample"), default="class",
+                     help="mu_G as the mean of the class means (default) or of all samples")
+    ana.add_argument("--pinv-rtol", type=_relative_tolerance, default=1e-10, metavar="X",
+                     help="relative eigenvalue cut-off of the Sigma_B pseudo-inverse "
+                     "(default: 1e-10)")
+    ana.add_argument("--gemm-dtype", choices=("float32", "float64"), default="float32",
+                     help="dtype of the large matrix products; sums are always float64 "
+                     "(default: float32)")
+    ana.add_argument("--no-ncc", dest="ncc", action="store_false",
+                     help="skip the NCC mismatch (NC4), which needs a train split")
+    ana.add_argument("--rows-per-block", type=_positive_int, metavar="N",
+                     help="rows per dask block (default: about 64 MiB of stored features)")
+    par = run.add_argument_group("parallelism").add_mutually_exclusive_group()
+    par.add_argument("--scheduler", metavar="ADDRESS",
+                     help="address of a running dask.distributed scheduler, "
+                     "e.g. tcp://10.0.0.1:8786")
+    par.add_argument("--workers", type=_positive_int, metavar="N",
+                     help="start a local dask.distributed cluster of N worker processes")
+    dump = run.add_argument_group(
+        "another project's file",
+        "Name the arrays of an HDF5, Zarr or .npz file holding one epoch; nested arrays by "
+        "their path, e.g. model/penultimate. The results are written only with --output.",
+    )
+    dump.add_argument("--features", metavar="KEY", help="train features (N, d)")
+    dump.add_argument("--labels", metavar="KEY", help="train labels (N,)")
+    dump.add_argument("--weight", metavar="KEY", help="last-layer weight (C, d)")
+    dump.add_argument("--bias", metavar="KEY", help="last-layer bias (C,); default zeros")
+    dump.add_argument("--test-features", metavar="KEY", help="test features")
+    dump.add_argument("--test-labels", metavar="KEY", help="test labels")
+    run.set_defaults(handler=_cmd_run)
+
+    info = commands.add_parser(
+        "info", help="describe a store",
+        description="Splits, complete and incomplete epochs, N, d, C, dtypes and size on disk.",
+    )
+    info.add_argument("path", metavar="STORE")
+    info.add_argument("--json", action="store_true", help="print JSON instead of text")
+    info.set_defaults(handler=_cmd_info)
+
+    validate = commands.add_parser(
+        "validate", help="check a store against the format specification",
+        description="Check every epoch, split and array of STORE against the store format "
+        "and list every problem found; exit code 3 when there is any.",
+    )
+    validate.add_argument("path", metavar="STORE")
+    validate.add_argument("--json", action="store_true", help="print JSON instead of text")
+    validate.set_defaults(handler=_cmd_validate)
+
+    plot = commands.add_parser(
+        "plot", help="draw the paper's figures from results",
+        description="Write PNG and PDF figures (accuracy, NC1, equinorm, equiangularity, "
+        "max-angle, self-duality, NCC mismatch, per-class views of the last epoch) of a "
+        "results file or of the results stored in a store. Prints the files written.",
+    )
+    plot.add_argument("path", metavar="RESULTS_OR_STORE",
+                      help="a .zarr, .nc, .json or .csv results file, or an analysed store")
+    plot.add_argument("-d", "--output-dir", metavar="DIR",
+                      help="where to write the figures (default: next to "
+                      "RESULTS_OR_STORE, named after it with '-figures')")
+    plot.set_defaults(handler=_cmd_plot)
+    return parser
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _log(args: argparse.Namespace, message: str) -> None:
+    if not getattr(args, "quiet", False):
+        print(f"{_PROG}: {message}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def _scheduler(args: argparse.Namespace) -> Iterator[Any]:
+    """The dask scheduler asked for: None (threads), or a distributed Client.
+
+    Only the command line makes Clients; the library takes whatever it is given.
+    """
+    if args.scheduler is None and args.workers is None:
+        # Named rather than None: with None the analyser looks for an active
+        # Client, which costs an import of dask.distributed (~0.7 s of start-up).
+        yield "threads"
+        return
+    from distributed import Client, LocalCluster
+
+    if args.scheduler is not None:
+        _log(args, f"connecting to the dask scheduler at {args.scheduler}")
+        with Client(args.scheduler) as client:
+            yield client
+        return
+    _log(args, f"starting a local dask cluster of {args.workers} worker process(es)")
+    # No dashboard: a second run on the same machine would fight for its port.
+    with LocalCluster(n_workers=args.workers, processes=True,
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        yield client
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
+
+
+# --------------------------------------------------------------------------- run
+
+
+def _check_run_options(args: argparse.Namespace) -> bool:
+    """Check what argparse cannot express (UsageError, exit 2); True in dump-file mode."""
+    dump_keys = (args.features, args.labels, args.weight)
+    dump_mode = any(key is not None for key in
+                    dump_keys + (args.bias, args.test_features, args.test_labels))
+    if dump_mode:
+        if None in dump_keys:
+            raise UsageError("--features, --labels and --weight go together")
+        if (args.test_features is None) != (args.test_labels is None):
+            raise UsageError("--test-features and --test-labels go together")
+        if args.epochs is not None or args.splits is not None:
+            raise UsageError("--epochs and --splits select from a store; a dump file holds "
+                             "one epoch")
+    if args.output is not None and Path(args.output).suffix.lower() not in _RESULT_SUFFIXES:
+        raise UsageError(f"--output {args.output}: unknown format; use a file ending in "
+                         f"{', '.join(_RESULT_SUFFIXES)}")
+    return dump_mode
+
+
+def _analysis_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "global_mean": args.global_mean,
+        "pinv_rtol": args.pinv_rtol,
+        "gemm_dtype": args.gemm_dtype,
+        "ncc": args.ncc,
+        "rows_per_block": args.rows_per_block,
+        "progress": not args.quiet,
+    }
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    ds = _run_dump(args) if _check_run_options(args) else _run_store(args)
+    if args.json:
+        from .results import to_json_dict
+
+        print(json.dumps(to_json_dict(ds), allow_nan=False))
+    else:
+        print(format_table(ds))
+    return EXIT_OK
+
+
+def _run_dump(args: argparse.Namespace) -> Any:
+    from .dumps import analyze_file
+    from .results import ALL_SPLITS, save_results
+
+    with _scheduler(args) as scheduler:
+        ds = analyze_file(
+            args.path, features=args.features, labels=args.labels, weight=args.weight,
+            bias=args.bias, test_features=args.test_features, test_labels=args.test_labels,
+            scheduler=scheduler, **_analysis_options(args),
+        )
+    ds.attrs.update(source=os.path.abspath(args.path), splits_selected=ALL_SPLITS)
+    if args.output is not None:
+        _log(args, f"writing {args.output}")
+        save_results(ds, args.output)
+    return ds
+
+
+def _existing_results(args: argparse.Namespace, source: str) -> Any:
+    """Results already at the destination of this run, or None."""
+    from .results import has_store_results, load_results
+
+    if args.overwrite:
+        return None
+    if args.output is None:
+        return load_results(args.path) if has_store_results(args.path) else None
+    if not os.path.exists(args.output):
+        return None
+    existing = load_results(args.output)
+    other = existing.attrs.get("source")
+    if other != source:
+        raise UsageError(f"{args.output} holds the results of {other}, not of {source}; "
+                         "pass --overwrite to replace them, or choose another --output")
+    return existing
+
+
+def _run_store(args: argparse.Namespace) -> Any:
+    from .results import merge_results, plan_resume, run_settings, save_results
+    from .store import open_store
+
+    settings = run_settings(global_mean=args.global_mean, pinv_rtol=args.pinv_rtol,
+                            gemm_dtype=args.gemm_dtype, ncc=args.ncc, splits=args.splits)
+    source = os.path.abspath(args.path)
+    try:
+        # Absolute: dask.distributed workers open the store themselves, each in
+        # its own working directory.
+        store = open_store(source)
+    except StoreFormatError as err:
+        raise StoreFormatError(
+            f"{err} (to analyse another project's file, name its arrays with --features, "
+            "--labels and --weight)"
+        ) from err
+    with store:
+        complete = store.epochs()
+        wanted = complete if args.epochs is None else args.epochs
+        _check_epochs(args.path, wanted, complete, store.incomplete_epochs())
+        existing = _existing_results(args, source)
+        plan = plan_resume(existing, wanted, settings)
+        _log(args, f"{args.path}: {len(plan.todo)} epoch(s) to analyse, {plan.reason}")
+        if not plan.todo:
+            return plan.keep
+        _log(args, f"analysing epoch(s) {_epoch_ranges(plan.todo)}")
+        from .engine import analyze  # here: a run with nothing to do never loads numba
+
+        with _scheduler(args) as scheduler:
+            new = analyze(store, epochs=plan.todo, splits=args.splits, scheduler=scheduler,
+                          **_analysis_options(args))
+    # The attributes that make later runs resumable.
+    new.attrs.update(source=source, splits_selected=settings["splits_selected"])
+    merged = new if plan.keep is None else merge_results(plan.keep, new)
+    target = args.output if args.output is not None else args.path
+    _log(args, f"writing results to {target}" + ("" if args.output else " (group 'results')"))
+    save_results(merged, target, in_store=args.output is None)
+    return merged
+
+
+def _check_epochs(path: str, wanted: Sequence[int], complete: Sequence[int],
+                  incomplete: Sequence[int]) -> None:
+    """Fail before any work when an epoch asked for cannot be analysed."""
+    described = (f"complete: {_epoch_ranges(complete) if complete else 'none'}; "
+                 f"incomplete: {_epoch_ranges(incomplete) if incomplete else 'none'}")
+    if not wanted:
+        raise StoreFormatError(f"{path}: no complete epoch to analyse ({described})")
+    unusable = sorted(set(wanted) - set(complete))
+    if unusable:
+        error = (IncompleteEpochError if set(unusable) <= set(incomplete)
+                 else StoreFormatError)
+        raise error(f"{path}: cannot analyse epoch(s) {_epoch_ranges(unusable)} ({described})")
+
+
+def _epoch_ranges(epochs: Sequence[int]) -> str:
+    """``[0, 1, 2, 5]`` as ``"0-2, 5"``."""
+    runs: list[list[int]] = []
+    for epoch in epochs:
+        if runs and epoch == runs[-1][1] + 1:
+            runs[-1][1] = epoch
+        else:
+            runs.append([epoch, epoch])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
+def format_table(ds: Any) -> str:
+    """The main metrics of a results Dataset as a fixed-width text table.
+
+    One row per (epoch, split) that was analysed, then a line saying where the
+    terminal phase of training starts.
+    """
+    columns = [(name, head, fmt) for name, head, fmt in _TABLE if name in ds.data_vars]
+    header = f"{'epoch':>6} {'split':<8} {'n':>8} " + " ".join(f"{h:>10}" for _, h, _ in columns)
+    lines = [header]
+    values = {name: ds[name].transpose("epoch", "split").values for name, _, _ in columns}
+    n_samples = ds["n_samples"].transpose("epoch", "split").values
+    for i, epoch in enumerate(ds["epoch"].values.tolist()):
+        for j, split in enumerate(ds["split"].values.tolist()):
+            if n_samples[i, j] < 0:
+                continue
+            cells = " ".join(f"{fmt.format(values[name][i, j]):>10}" for name, _, fmt in columns)
+            lines.append(f"{epoch:>6} {split:<8} {n_samples[i, j]:>8} {cells}")
+    tpt = int(ds.attrs.get("tpt_start_epoch", -1))
+    lines.append(f"terminal phase of training starts at epoch {tpt} (train accuracy 1)"
+                 if tpt >= 0 else "terminal phase of training not reached (train accuracy < 1)")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- info / validate
+
+
+def _size_on_disk(path: Path) -> int:
+    """Bytes of the files under ``path`` (or of the file itself)."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def _store_info(path: str) -> dict[str, Any]:
+    from .store import open_store
+
+    with open_store(path) as store:
+        epochs = store.epochs()
+        per_epoch = [{"epoch": e, "splits": {s: store.num_samples(e, s)
+                                             for s in store.splits(e)}} for e in epochs]
+        dtypes: dict[str, str] = {}
+        if epochs:
+            # Dtypes from the latest complete epoch: reading them is cheap (no data).
+            last = epochs[-1]
+            dtypes = {f"features/{s}": str(store.features(last, s).dtype)
+                      for s in store.splits(last)}
+            dtypes["weight"] = str(store.weight(last).dtype)
+            dtypes["bias"] = str(store.bias(last).dtype)
+        return {
+            "path": os.fspath(store.path),
+            "backend": store.backend,
+            "format_version": store.format_version,
+            "num_classes": store.num_classes,
+            "num_features": store.num_features,
+            "class_names": store.class_names,
+            "splits": sorted({s for item in per_epoch for s in item["splits"]},
+                             key=lambda s: (s != "train", s)),
+            "epochs": epochs,
+            "incomplete_epochs": store.incomplete_epochs(),
+            "samples": per_epoch,
+            "dtypes": dtypes,
+            "size_bytes": _size_on_disk(Path(store.path)),
+        }
+
+
+def _human_bytes(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024:
+            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    info = _store_info(args.path)
+    if args.json:
+        print(json.dumps(info))
+        return EXIT_OK
+    sizes: dict[str, set[int]] = {}
+    for item in info["samples"]:
+        for split, n in item["splits"].items():
+            sizes.setdefault(split, set()).add(n)
+    epochs = info["epochs"]
+    lines = [
+        f"store       {info['path']} ({info['backend']}, format {info['format_version']})",
+        f"classes     C = {info['num_classes']}",
+        f"features    d = {info['num_features']}",
+        f"epochs      {len(epochs)} complete"
+        + (f" ({_epoch_ranges(epochs)})" if epochs else "")
+        + (f", incomplete: {_epoch_ranges(info['incomplete_epochs'])}"
+           if info["incomplete_epochs"] else ", none incomplete"),
+    ]
+    for split in info["splits"]:
+        n = sorted(sizes[split])
+        count = f"N = {n[0]}" if len(n) == 1 else f"N = {n[0]}..{n[-1]} (varies by epoch)"
+        lines.append(f"split       {split}: {count}, "
+                     f"features {info['dtypes'].get(f'features/{split}', '?')}")
+    if info["dtypes"]:
+        lines.append(f"classifier  weight {info['dtypes']['weight']}, "
+                     f"bias {info['dtypes']['bias']}")
+    lines.append(f"size        {_human_bytes(info['size_bytes'])}")
+    print("\n".join(lines))
+    return EXIT_OK
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from .store import validate_store
+
+    problems = validate_store(args.path)
+    if args.json:
+        print(json.dumps({"path": args.path, "valid": not problems, "problems": problems}))
+    elif problems:
+        print("\n".join(problems))
+    else:
+        print(f"{args.path}: valid")
+    if problems:
+        print(f"{_PROG} validate: {len(problems)} problem(s) in {args.path}", file=sys.stderr)
+        return EXIT_INVALID
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- plot
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from .plot import save_figures
+    from .results import load_results
+
+    ds = load_results(args.path)
+    source = Path(args.path.rstrip("/\\"))
+    output_dir = (Path(args.output_dir) if args.output_dir is not None
+                  else source.with_name(f"{source.stem}-figures"))
+    for path in save_figures(ds, output_dir):
+        print(path)
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        Arguments without the program name (default: ``sys.argv[1:]``).
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # argparse exits 2 on usage errors, 0 after --help
+        return int(stop.code or 0)
+    prefix = f"{_PROG} {args.command}: error:"
+    try:
+        return args.handler(args)
+    except UsageError as err:
+        print(f"{prefix} {_one_line(err)}", file=sys.stderr)
+        return EXIT_USAGE
+    except (StoreFormatError, InputError) as err:
+        print(f"{prefix} {_one_line(err)}", file=sys.stderr)
+        return EXIT_INVALID
+    except (NCAnalysisError, OSError) as err:
+        print(f"{prefix} {type(err).__name__}: {_one_line(err)}", file=sys.stderr)
+        return EXIT_RUNTIME
+    except KeyboardInterrupt:
+        print(f"{prefix} interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
