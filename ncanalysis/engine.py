@@ -37,13 +37,13 @@ from dask.highlevelgraph import HighLevelGraph
 from . import stats
 from ._version import __version__
 from .errors import InputError
-from .metrics import CLASS_METRICS, SCALAR_METRICS, split_metrics
+from .metrics import CLASS_METRICS, INT_VARIABLES, SCALAR_METRICS, split_metrics
+from .results import tpt_start_epoch
 from .sources import as_row_blocks
 
 __all__ = ["EpochInput", "analyze", "analyze_arrays", "analyze_epochs", "epoch_graph"]
 
 _TREE_WIDTH = 8
-_INT_VARIABLES = ("n_samples", "nc1_rank", "class_count", "class_ncc_mismatch")
 
 
 @dataclass
@@ -255,14 +255,13 @@ def epoch_graph(
 
 def _active_client(scheduler: Any) -> Any:
     """The dask.distributed Client that will run the graph, or None."""
-    if scheduler is not None and type(scheduler).__name__ == "Client":
-        return scheduler
     if scheduler is not None:
+        return scheduler if type(scheduler).__name__ == "Client" else None
+    # A Client can only be active if distributed was imported: skip its 0.5 s import.
+    if "distributed" not in sys.modules:
         return None
-    try:
-        from distributed import default_client
-    except ImportError:
-        return None
+    from distributed import default_client
+
     try:
         return default_client()
     except ValueError:  # distributed's way of saying that no Client is active
@@ -323,7 +322,7 @@ def _to_dataset(
     data: dict[str, tuple] = {}
     for name in SCALAR_METRICS + ("n_samples", "nc1_rank") + CLASS_METRICS:
         per_class = name in CLASS_METRICS
-        is_int = name in _INT_VARIABLES
+        is_int = name in INT_VARIABLES
         values = np.full(shape3 if per_class else shape2, -1 if is_int else np.nan,
                          dtype=np.int64 if is_int else np.float64)
         for i, epoch in enumerate(epochs):
@@ -340,17 +339,12 @@ def _to_dataset(
     if class_names is not None:
         coords["class_name"] = ("class", np.asarray(list(class_names), dtype=str))
     dataset = xr.Dataset(data, coords=coords)
-    tpt = -1
-    if "train" in splits:
-        accuracy = dataset["accuracy"].sel(split="train").values
-        reached = np.flatnonzero(accuracy == 1.0)
-        tpt = int(epochs[reached[0]]) if reached.size else -1
     dataset.attrs.update(attrs)
     dataset.attrs.update(
         num_classes=int(num_classes),
         num_features=int(num_features),
         etf_exists=int(num_classes <= num_features + 1),
-        tpt_start_epoch=tpt,
+        tpt_start_epoch=tpt_start_epoch(dataset),
     )
     return dataset
 

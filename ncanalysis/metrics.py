@@ -9,13 +9,17 @@ al. 2021).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from .stats import ScatterSums, SplitGeometry
+if TYPE_CHECKING:  # numba loads with stats; the metrics themselves need only numpy
+    from .stats import ScatterSums, SplitGeometry
 
 __all__ = [
     "SCALAR_METRICS",
     "CLASS_METRICS",
+    "INT_VARIABLES",
     "split_metrics",
     "equinorm",
     "cosine_matrix",
@@ -45,6 +49,9 @@ SCALAR_METRICS = (
     "etf_error_weights",
     "bias_collapse",
 )
+
+#: Variables stored as int64 (missing values are -1, not NaN).
+INT_VARIABLES = ("n_samples", "nc1_rank", "class_count", "class_ncc_mismatch")
 
 #: Per (epoch, split, class) values.
 CLASS_METRICS = (

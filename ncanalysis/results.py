@@ -35,6 +35,7 @@ import numpy as np
 import xarray as xr
 
 from .errors import InputError, StoreFormatError
+from .metrics import INT_VARIABLES
 from .store.spec import RESULTS_GROUP, ROOT_ATTR, is_hdf5_path
 
 __all__ = [
@@ -69,7 +70,6 @@ _JSON_FORMAT = "ncanalysis-results"
 _JSON_VERSION = 1
 _CSV_ATTR_PREFIX = "# "
 #: The integer variables of a results Dataset (docs/dev/contract.md); -1 marks a missing split.
-_INT_VARIABLES = ("n_samples", "nc1_rank", "class_count", "class_ncc_mismatch")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -77,7 +77,7 @@ _INT_VARIABLES = ("n_samples", "nc1_rank", "class_count", "class_ncc_mismatch")
 
 def _missing_value(name: str) -> float | int:
     """The value that marks a split absent from an epoch (see docs/dev/contract.md)."""
-    return -1 if name in _INT_VARIABLES else np.nan
+    return -1 if name in INT_VARIABLES else np.nan
 
 
 def _ordered_splits(names: Iterable[str]) -> list[str]:
@@ -288,7 +288,7 @@ def from_csv_text(text: str, *, where: str = "CSV") -> xr.Dataset:
         splits = _ordered_splits(row[1] for row in rows)
         data = {
             c: np.full((len(epochs), len(splits)), _missing_value(c),
-                       dtype=np.int64 if c in _INT_VARIABLES else np.float64)
+                       dtype=np.int64 if c in INT_VARIABLES else np.float64)
             for c in columns
         }
         for number, row in enumerate(rows, start=body_start + 2):
@@ -297,7 +297,7 @@ def from_csv_text(text: str, *, where: str = "CSV") -> xr.Dataset:
                                        f"expected {len(header)}")
             i, j = epochs.index(int(row[0])), splits.index(row[1])
             for c, text_value in zip(columns, row[2:]):
-                data[c][i, j] = int(text_value) if c in _INT_VARIABLES else float(text_value)
+                data[c][i, j] = int(text_value) if c in INT_VARIABLES else float(text_value)
     except ValueError as err:
         raise StoreFormatError(f"{where}: malformed value: {err}") from err
     return xr.Dataset(
