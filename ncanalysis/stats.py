@@ -135,11 +135,8 @@ class SplitGeometry:
     means: np.ndarray  # (C, d) float64
     global_mean: np.ndarray  # (d,) float64
     centred: np.ndarray  # (C, d) float64: rows mu_c - mu_G (M~ transposed)
-    gram_eigenvalues: np.ndarray  # (C,) all eigenvalues of M~^T M~ / C, descending
-    eigenvalues: np.ndarray  # (r,) kept ones
-    eigenvectors: np.ndarray  # (C, r) eigenvectors of the Gram matrix for the kept ones
+    eigenvalues: np.ndarray  # (r,) kept eigenvalues of Sigma_B, descending
     basis: np.ndarray  # (d, r)
-    pinv_rtol: float
 
     @property
     def rank(self) -> int:
@@ -201,11 +198,8 @@ def split_geometry(
         means=means,
         global_mean=mu_g,
         centred=centred,
-        gram_eigenvalues=eigenvalues,
         eigenvalues=kept_values,
-        eigenvectors=kept_vectors,
         basis=basis,
-        pinv_rtol=pinv_rtol,
     )
 
 
@@ -383,16 +377,14 @@ def block_scatter(features: np.ndarray, labels: np.ndarray, plan: BlockPlan) -> 
             )
         close = np.flatnonzero(recheck)
         if close.size:
-            exact_decisions, exact_nearest = np.empty(close.size, np.int64), np.empty(
-                close.size, np.int64
-            )
+            exact = np.empty((2, close.size), dtype=np.int64)
             raw = np.asarray(features[start : start + _SUB_BLOCK_ROWS][close], dtype=np.float64)
             kernels.exact_decisions(
-                raw, plan.weight, plan.bias, plan.train_means, exact_decisions, exact_nearest
+                raw, plan.weight, plan.bias, plan.train_means, exact[0], exact[1]
             )
-            decisions[close] = exact_decisions
+            decisions[close] = exact[0]
             if plan.ncc:
-                nearest[close] = exact_nearest
+                nearest[close] = exact[1]
         correct += np.bincount(sub_labels[decisions == sub_labels], minlength=num_classes)
         if plan.ncc:
             mismatch += np.bincount(sub_labels[decisions != nearest], minlength=num_classes)

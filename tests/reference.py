@@ -77,6 +77,20 @@ CLASS_FLOAT_METRICS = (
 CLASS_COUNT_METRICS = ("class_count", "class_ncc_mismatch")
 
 
+
+#: Metrics that are exactly 0 on an exact simplex ETF with W proportional to M~^T and b = 0.
+ZERO_AT_COLLAPSE = (
+    "nc1",
+    "equinorm_means",
+    "equinorm_weights",
+    "equiangular_means",
+    "equiangular_weights",
+    "maxangle_means",
+    "maxangle_weights",
+    "self_duality",
+    "ncc_mismatch",
+)
+
 def _float64_matrix(array: Any, name: str) -> np.ndarray:
     """Return ``array`` as a float64 numpy array (dask arrays are computed)."""
     if hasattr(array, "compute"):

@@ -15,25 +15,11 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
+import reference as ref  # noqa: E402
 import synthetic as syn  # noqa: E402
 
 import ncanalysis  # noqa: E402
 
-ZERO_AT_COLLAPSE = (
-    "nc1",
-    "equinorm_means",
-    "equinorm_weights",
-    "equiangular_means",
-    "equiangular_weights",
-    "maxangle_means",
-    "maxangle_weights",
-    "self_duality",
-    "etf_error_means",
-    "etf_error_weights",
-    "nc1_trace_ratio",
-    "cdnv",
-    "bias_collapse",
-)
 
 
 def value(ds, name, split="train"):
@@ -55,7 +41,7 @@ def test_exact_etf_gives_zeros(num_classes, dim, counts, gemm_dtype):
     p = syn.etf_problem(num_classes, dim, counts, scale=3.0, weight_scale=2.0, seed=num_classes)
     ds = ncanalysis.analyze_arrays(p.splits, p.weight, p.bias, gemm_dtype=gemm_dtype)
     for split in p.splits:
-        for name in ZERO_AT_COLLAPSE:
+        for name in ref.ZERO_AT_COLLAPSE:
             v = float(value(ds, name, split))
             assert abs(v) < 1e-9, f"{split} {name} = {v!r}, expected 0 at exact collapse"
         assert float(value(ds, "ncc_mismatch", split)) == 0.0
@@ -176,7 +162,7 @@ def test_ground_truths_with_dask_inputs():
         k: (da.from_array(x, chunks=(4, x.shape[1])), da.from_array(y, chunks=4)) for k, (x, y) in p.splits.items()
     }
     ds = ncanalysis.analyze_arrays(splits, p.weight, p.bias)
-    for name in ZERO_AT_COLLAPSE:
+    for name in ref.ZERO_AT_COLLAPSE:
         assert abs(float(value(ds, name))) < 1e-9, name
     np.testing.assert_array_equal(ds["class_count"].sel(split="train").values[0], [3, 9, 4, 12, 6])
 

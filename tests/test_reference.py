@@ -19,17 +19,6 @@ sys.path.insert(0, os.path.dirname(__file__))
 import reference as ref  # noqa: E402
 import synthetic as syn  # noqa: E402
 
-ZERO_AT_COLLAPSE = (
-    "nc1",
-    "equinorm_means",
-    "equinorm_weights",
-    "equiangular_means",
-    "equiangular_weights",
-    "maxangle_means",
-    "maxangle_weights",
-    "self_duality",
-    "ncc_mismatch",
-)
 
 
 # --------------------------------------------------------------------------- ETF
@@ -63,7 +52,7 @@ def test_reference_exact_etf_gives_zeros(num_classes, dim, counts):
     problem = syn.etf_problem(num_classes, dim, counts, seed=dim)
     results = ref.reference_metrics(problem.splits, problem.weight, problem.bias)
     for split, values in results.items():
-        for name in ZERO_AT_COLLAPSE:
+        for name in ref.ZERO_AT_COLLAPSE:
             assert abs(values[name]) < 1e-12, (split, name, values[name])
         assert values["accuracy"] == 1.0
         assert values["nc1_rank"] == num_classes - 1
