@@ -104,7 +104,6 @@ def block_class_sums(
         stop = start + _SUB_BLOCK_ROWS
         bad_label, bad_value = kernels.class_sums(
             kernels.kernel_input(features[start:stop]),
-            kernels.FLOAT16_TABLE,
             labs[start:stop],
             counts,
             sums,
@@ -219,6 +218,7 @@ class BlockPlan:
     ncc_offsets: np.ndarray  # (C, r_t) float64: (mu_c - mu_G^train) U_train
     train_means_projected: np.ndarray  # (C, r_t) in the GEMM dtype
     train_means_sqnorm: np.ndarray  # (C,) float64
+    train_separation: np.ndarray  # (C,) float64: a lower bound of min_c' ||m_c - m_c'||
     logit_start: int
     logit_offsets: np.ndarray  # (C, C) float64: W mu_c + b
     weight: np.ndarray  # (C, d) float64, for exact decisions of close calls
@@ -288,6 +288,7 @@ def block_plan(
         ncc_offsets=np.ascontiguousarray(ncc_offsets),
         train_means_projected=np.ascontiguousarray(train_centred_proj, dtype=dtype),
         train_means_sqnorm=np.einsum("ij,ij->i", train_centred_proj, train_centred_proj),
+        train_separation=_separation(train_centred_proj),
         logit_start=logit_start,
         logit_offsets=np.ascontiguousarray(geometry.means @ weight64.T + bias64),
         weight=np.ascontiguousarray(weight64),
@@ -295,6 +296,21 @@ def block_plan(
         train_means=np.ascontiguousarray(train_means),
         gemm_dtype=dtype,
     )
+
+
+def _separation(points: np.ndarray) -> np.ndarray:
+    """For each row of ``points``, a lower bound of its distance to the nearest other row.
+
+    Squared distances come from the Gram matrix; the bound subtracts that
+    formula's worst-case float64 round-off, so it never exceeds the true distance.
+    """
+    if points.shape[1] == 0:
+        return np.zeros(points.shape[0])
+    sqnorms = np.einsum("ij,ij->i", points, points)
+    sqdist = sqnorms[:, None] + sqnorms[None, :] - 2.0 * (points @ points.T)
+    np.fill_diagonal(sqdist, np.inf)
+    slack = 4.0 * (points.shape[1] + 2) * np.finfo(np.float64).eps * sqnorms.max()
+    return np.sqrt(np.maximum(sqdist.min(axis=1) - slack, 0.0))
 
 
 @dataclass
@@ -322,9 +338,8 @@ def block_scatter(features: np.ndarray, labels: np.ndarray, plan: BlockPlan) -> 
 
     Per sub-block of rows: residual in float64 cast to the GEMM dtype (numba),
     one GEMM with ``[U_s | U_train | W^T]``, the NC1 terms, logit decisions and
-    loss (numba), one GEMM with the projected train means and the NCC decisions
-    (numba); rows whose decisions are too close to call in that arithmetic are
-    decided again exactly in float64.
+    loss (numba), then the NCC decisions; rows whose decisions are too close to
+    call in that arithmetic are decided again exactly in float64.
     """
     labs = np.ascontiguousarray(labels, dtype=np.int64)
     num_classes, dim = plan.means.shape
@@ -344,11 +359,11 @@ def block_scatter(features: np.ndarray, labels: np.ndarray, plan: BlockPlan) -> 
         rows = sub.shape[0]
         residuals = np.empty((rows, dim), dtype=plan.gemm_dtype)
         row_sqnorm = np.empty(rows)
-        kernels.class_residuals(
-            sub, kernels.FLOAT16_TABLE, sub_labels, plan.means, residuals, sqnorm, row_sqnorm
-        )
+        kernels.class_residuals(sub, sub_labels, plan.means, residuals, sqnorm, row_sqnorm)
         products = residuals @ plan.projection
         projected = np.empty((rows, n_proj), dtype=plan.gemm_dtype)
+        projected_sqnorm = np.empty(rows)
+        centre_sqdist = np.empty(rows)
         decisions = np.empty(rows, dtype=np.int64)
         recheck = np.zeros(rows, dtype=np.bool_)
         kernels.scatter_logits(
@@ -357,7 +372,10 @@ def block_scatter(features: np.ndarray, labels: np.ndarray, plan: BlockPlan) -> 
             plan.inv_eigenvalues,
             plan.ncc_start,
             plan.ncc_offsets,
+            plan.train_means_projected,
             projected,
+            projected_sqnorm,
+            centre_sqdist,
             plan.logit_start,
             plan.logit_offsets,
             nc1,
@@ -371,10 +389,8 @@ def block_scatter(features: np.ndarray, labels: np.ndarray, plan: BlockPlan) -> 
         )
         nearest = np.empty(rows, dtype=np.int64)
         if plan.ncc:
-            scores = projected @ plan.train_means_projected.T
-            kernels.ncc_decisions(
-                scores, plan.train_means_sqnorm, projected, tie_scale, nearest, recheck
-            )
+            _ncc_decisions(plan, sub_labels, projected, projected_sqnorm, centre_sqdist,
+                           tie_scale, nearest, recheck)
         close = np.flatnonzero(recheck)
         if close.size:
             exact = np.empty((2, close.size), dtype=np.int64)
@@ -389,3 +405,38 @@ def block_scatter(features: np.ndarray, labels: np.ndarray, plan: BlockPlan) -> 
         if plan.ncc:
             mismatch += np.bincount(sub_labels[decisions != nearest], minlength=num_classes)
     return ScatterSums(nc1=nc1, sqnorm=sqnorm, correct=correct, loss=loss, ncc_mismatch=mismatch)
+
+
+def _ncc_decisions(
+    plan: BlockPlan,
+    labels: np.ndarray,
+    projected: np.ndarray,
+    projected_sqnorm: np.ndarray,
+    centre_sqdist: np.ndarray,
+    tie_scale: float,
+    nearest: np.ndarray,
+    recheck: np.ndarray,
+) -> None:
+    """Nearest train class centre of every row, into ``nearest``.
+
+    A row whose own class centre m_y is closer than half the separation s_y of
+    m_y from every other centre has m_y as its nearest centre (triangle
+    inequality: ||p - m_c||^2 - ||p - m_y||^2 >= s_y (s_y - 2 ||p - m_y||)).
+    Late in training that is almost every row, and it saves the (rows x r_t) @
+    (r_t x C) scores product; the margin is the same round-off bound that flags
+    close calls below.  The other rows get all their scores.
+    """
+    separation = plan.train_separation[labels]
+    size = np.sqrt(projected_sqnorm) + np.sqrt(plan.train_means_sqnorm.max())
+    sure = separation * (separation - 2.0 * np.sqrt(centre_sqdist)) > tie_scale * size * size
+    nearest[:] = labels
+    unsure = np.flatnonzero(~sure)
+    if unsure.size:
+        scores = projected[unsure] @ plan.train_means_projected.T
+        found = np.empty(unsure.size, dtype=np.int64)
+        close = np.zeros(unsure.size, dtype=np.bool_)
+        kernels.ncc_decisions(
+            scores, plan.train_means_sqnorm, projected_sqnorm[unsure], tie_scale, found, close
+        )
+        nearest[unsure] = found
+        recheck[unsure] |= close

@@ -269,3 +269,43 @@ def test_without_train_and_ncc_false():
         ref.dataset_split(ds, "test"), expected["test"], skip=("ncc_mismatch", "class_ncc_mismatch")
     )
     assert not msgs, "\n".join(msgs)
+
+
+@pytest.mark.parametrize("gemm_dtype", GEMM_DTYPES)
+def test_ncc_shortcut_and_full_scores_agree_with_reference(gemm_dtype, monkeypatch):
+    """Rows settled by the separation bound and rows scored in full, in one run.
+
+    sigma is chosen so that roughly half the rows lie within half the separation
+    of their own train centre; W is a noisy copy of the means so that the
+    network and NCC disagree on some rows.
+    """
+    from ncanalysis import kernels, stats
+
+    num_classes, dim = 12, 24
+    etf = syn.simplex_etf(num_classes, dim, seed=5)
+    x, y, _ = syn.planted_collapse(num_classes, dim, 150, sigma=0.2, etf=etf, seed=6)
+    xt, yt, _ = syn.planted_collapse(num_classes, dim, 60, sigma=0.3, etf=etf, seed=7)
+    rng = np.random.default_rng(8)
+    weight = etf + 0.6 * rng.standard_normal(etf.shape)
+    bias = 0.1 * rng.standard_normal(num_classes)
+    splits = {"train": (x, y), "test": (xt, yt)}
+    check_well_posed(splits, weight, bias)
+
+    scored = []
+    full_scores = kernels.ncc_decisions
+
+    def counting(scores, *args):
+        scored.append(scores.shape[0])
+        return full_scores(scores, *args)
+
+    monkeypatch.setattr(kernels, "ncc_decisions", counting)
+    ds, expected = run_and_compare(splits, weight, bias, gemm_dtype=gemm_dtype, context="ncc shortcut")
+    total = y.size + yt.size
+    assert 0.1 * total < sum(scored) < 0.9 * total, f"rows scored in full: {sum(scored)} of {total}"
+    assert 0 < int(ds["class_ncc_mismatch"].sum()) < total
+
+    # With no separation bound every row is scored in full: same numbers.
+    scored.clear()
+    monkeypatch.setattr(stats, "_separation", lambda points: np.zeros(points.shape[0]))
+    run_and_compare(splits, weight, bias, gemm_dtype=gemm_dtype, context="ncc full scores only")
+    assert sum(scored) == total
