@@ -34,7 +34,7 @@ from dask.delayed import Delayed
 from dask.graph_manipulation import bind
 from dask.highlevelgraph import HighLevelGraph
 
-from . import stats
+from . import metrics, stats
 from ._version import __version__
 from .errors import InputError
 from .metrics import CLASS_METRICS, INT_VARIABLES, SCALAR_METRICS, split_metrics
@@ -196,18 +196,13 @@ def _pass2(item: EpochInput, split: str, plan: Delayed) -> Delayed:
     return Delayed(total, graph, layer=name)
 
 
-def _collect(
-    splits: list[str],
-    geometries: list,
-    scatters: list,
-    weight: np.ndarray,
-    bias: np.ndarray,
-    ncc: bool,
-) -> dict:
-    return {
-        split: split_metrics(geometry, scatter, weight, bias, ncc=ncc)
-        for split, geometry, scatter in zip(splits, geometries, scatters)
-    }
+def _weight_shape(weight: np.ndarray) -> dict[str, float]:
+    """The weight-only metrics of an epoch (the same for every split)."""
+    return metrics.shape_metrics(metrics.gram_matrix(weight), "weights")
+
+
+def _gather(names: list[str], values: list[dict]) -> dict:
+    return dict(zip(names, values))
 
 
 def epoch_graph(
@@ -242,15 +237,16 @@ def epoch_graph(
             is_train=(split == "train"),
         )
         scatters[split] = _pass2(item, split, plan)
+    # One task per split, so that a split's metrics overlap the other splits' pass 2.
+    weight_shape = dask.delayed(_weight_shape)(item.weight)
     names = list(item.splits)
-    return dask.delayed(_collect)(
-        names,
-        [geometries[s] for s in names],
-        [scatters[s] for s in names],
-        item.weight,
-        item.bias,
-        ncc,
-    )
+    per_split = [
+        dask.delayed(split_metrics)(
+            geometries[s], scatters[s], item.weight, item.bias, ncc=ncc, weight_shape=weight_shape
+        )
+        for s in names
+    ]
+    return dask.delayed(_gather)(names, per_split)
 
 
 def _active_client(scheduler: Any) -> Any:
@@ -440,7 +436,8 @@ def analyze_arrays(
     ncc : bool
         Compute the NCC mismatch (needs a "train" split).
     rows_per_block : int, optional
-        Rows per dask block (default: about 64 MiB of stored features).
+        Rows per dask block (default: about 1/16 of the split, 4 to 64 MiB
+        of stored features).
     progress : bool
         Progress bar on stderr.
     class_names : sequence of str, optional

@@ -21,6 +21,8 @@ __all__ = [
     "CLASS_METRICS",
     "INT_VARIABLES",
     "split_metrics",
+    "shape_metrics",
+    "gram_matrix",
     "equinorm",
     "cosine_matrix",
     "equiangularity",
@@ -69,33 +71,38 @@ def _off_diagonal(matrix: np.ndarray) -> np.ndarray:
     return matrix[~np.eye(matrix.shape[0], dtype=bool)]
 
 
-def equinorm(vectors: np.ndarray) -> float:
-    """Std_c ||v_c|| / Avg_c ||v_c|| over the rows (population std)."""
-    norms = np.linalg.norm(vectors, axis=1)
+def gram_matrix(vectors: np.ndarray) -> np.ndarray:
+    """Inner products of all pairs of rows, (C, C) float64."""
+    vectors = np.asarray(vectors, dtype=np.float64)
+    return vectors @ vectors.T
+
+
+def equinorm(gram: np.ndarray) -> float:
+    """Std_c ||v_c|| / Avg_c ||v_c|| over the rows (population std), from their Gram matrix."""
+    norms = np.sqrt(np.diag(gram))
     return float(norms.std() / norms.mean())
 
 
-def cosine_matrix(vectors: np.ndarray) -> np.ndarray:
-    """Cosines between all pairs of rows."""
-    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-    return unit @ unit.T
+def cosine_matrix(gram: np.ndarray) -> np.ndarray:
+    """Cosines between all pairs of rows, from their Gram matrix."""
+    norms = np.sqrt(np.diag(gram))
+    return gram / norms[:, None] / norms[None, :]
 
 
-def equiangularity(vectors: np.ndarray) -> float:
+def equiangularity(cosines: np.ndarray) -> float:
     """Std over c != c' of the cosines between rows."""
-    return float(_off_diagonal(cosine_matrix(vectors)).std())
+    return float(_off_diagonal(cosines).std())
 
 
-def max_angle(vectors: np.ndarray) -> float:
+def max_angle(cosines: np.ndarray) -> float:
     """Avg over c != c' of |cos + 1/(C-1)|: distance from the simplex's maximal angle."""
-    num = vectors.shape[0]
-    return float(np.abs(_off_diagonal(cosine_matrix(vectors)) + 1.0 / (num - 1)).mean())
+    num = cosines.shape[0]
+    return float(np.abs(_off_diagonal(cosines) + 1.0 / (num - 1)).mean())
 
 
-def etf_error(vectors: np.ndarray) -> float:
-    """|| G/||G||_F - (I - 11^T/C)/sqrt(C-1) ||_F with G the Gram matrix of the rows."""
-    num = vectors.shape[0]
-    gram = vectors @ vectors.T
+def etf_error(gram: np.ndarray) -> float:
+    """|| G/||G||_F - (I - 11^T/C)/sqrt(C-1) ||_F for the Gram matrix G of the rows."""
+    num = gram.shape[0]
     target = (np.eye(num) - 1.0 / num) / np.sqrt(num - 1)
     return float(np.linalg.norm(gram / np.linalg.norm(gram) - target))
 
@@ -106,24 +113,32 @@ def self_duality(weight: np.ndarray, centred_means: np.ndarray) -> float:
     return float(np.sum(diff * diff))
 
 
-def cdnv(centred_means: np.ndarray, within_var: np.ndarray) -> float:
+def cdnv(gram: np.ndarray, within_var: np.ndarray) -> float:
     """Avg over c != c' of (s_c^2 + s_c'^2) / (2 ||mu_c - mu_c'||^2).
 
     Distances come from the Gram matrix of the centred means (shift invariant),
     which avoids cancelling a large common mean.
     """
-    gram = centred_means @ centred_means.T
     sq = np.diag(gram)
     dist2 = sq[:, None] + sq[None, :] - 2.0 * gram
-    ratio = (within_var[:, None] + within_var[None, :]) / (2.0 * _off_diagonal_safe(dist2))
+    np.fill_diagonal(dist2, 1.0)  # the diagonal is not used; keep the division clean
+    ratio = (within_var[:, None] + within_var[None, :]) / (2.0 * dist2)
     return float(_off_diagonal(ratio).mean())
 
 
-def _off_diagonal_safe(dist2: np.ndarray) -> np.ndarray:
-    """Distances with the (unused) diagonal set to 1, so the division is clean."""
-    out = dist2.copy()
-    np.fill_diagonal(out, 1.0)
-    return out
+def shape_metrics(gram: np.ndarray, suffix: str) -> dict[str, float]:
+    """Equinorm, equiangularity, max-angle and ETF error of a set of rows.
+
+    ``suffix`` is "means" or "weights".  The weights' values are the same for
+    every split of an epoch, so the engine computes them once from ``W W^T``.
+    """
+    cosines = cosine_matrix(gram)
+    return {
+        f"equinorm_{suffix}": equinorm(gram),
+        f"equiangular_{suffix}": equiangularity(cosines),
+        f"maxangle_{suffix}": max_angle(cosines),
+        f"etf_error_{suffix}": etf_error(gram),
+    }
 
 
 def split_metrics(
@@ -133,19 +148,23 @@ def split_metrics(
     bias: np.ndarray,
     *,
     ncc: bool = True,
+    weight_shape: dict[str, float] | None = None,
 ) -> dict[str, float | int | np.ndarray]:
     """Every metric of one split from its merged statistics.
 
     Parameters
     ----------
     geometry : SplitGeometry
-        Means and the Sigma_B spectrum of the split.
+        Means, their Gram matrix and the Sigma_B spectrum of the split.
     scatter : ScatterSums
         Merged pass-2 statistics of the split.
     weight, bias : ndarray
         The classifier, (C, d) and (C,).
     ncc : bool
         Whether the NCC mismatch was computed (NaN / -1 otherwise).
+    weight_shape : dict, optional
+        ``shape_metrics(gram_matrix(weight), "weights")`` when the caller has it
+        already (it is the same for every split of an epoch).
 
     Returns
     -------
@@ -155,35 +174,30 @@ def split_metrics(
     """
     weight = np.asarray(weight, dtype=np.float64)
     bias = np.asarray(bias, dtype=np.float64)
+    if weight_shape is None:
+        weight_shape = shape_metrics(gram_matrix(weight), "weights")
     num_classes = geometry.counts.shape[0]
     num_samples = geometry.num_samples
     centred = geometry.centred
+    gram = geometry.centred_gram
     within_var = scatter.sqnorm / geometry.counts
     class_nc1 = scatter.nc1 / num_samples / num_classes
     trace_within = scatter.sqnorm.sum() / num_samples
-    trace_between = np.einsum("ij,ij->", centred, centred) / num_classes
+    trace_between = np.trace(gram) / num_classes
     mismatch = scatter.ncc_mismatch.sum() / num_samples if ncc else np.nan
-    return {
-        "nc1": float(class_nc1.sum()),
-        "equinorm_means": equinorm(centred),
-        "equinorm_weights": equinorm(weight),
-        "equiangular_means": equiangularity(centred),
-        "equiangular_weights": equiangularity(weight),
-        "maxangle_means": max_angle(centred),
-        "maxangle_weights": max_angle(weight),
+    values: dict[str, float | int | np.ndarray] = {
         "self_duality": self_duality(weight, centred),
         "ncc_mismatch": float(mismatch),
         "accuracy": float(scatter.correct.sum() / num_samples),
         "loss": float(scatter.loss.sum() / num_samples),
+        "nc1": float(class_nc1.sum()),
         "nc1_trace_ratio": float(trace_within / trace_between),
-        "cdnv": cdnv(centred, within_var),
-        "etf_error_means": etf_error(centred),
-        "etf_error_weights": etf_error(weight),
+        "cdnv": cdnv(gram, within_var),
         "bias_collapse": float(np.linalg.norm(weight @ geometry.global_mean + bias)),
         "n_samples": num_samples,
         "nc1_rank": geometry.rank,
         "class_count": geometry.counts.astype(np.int64),
-        "class_mean_norm": np.linalg.norm(centred, axis=1),
+        "class_mean_norm": np.sqrt(np.diag(gram)),
         "class_weight_norm": np.linalg.norm(weight, axis=1),
         "class_nc1": class_nc1,
         "class_within_var": within_var,
@@ -191,3 +205,6 @@ def split_metrics(
             scatter.ncc_mismatch.astype(np.int64) if ncc else np.full(num_classes, -1)
         ),
     }
+    values.update(shape_metrics(gram, "means"))
+    values.update(weight_shape)
+    return values

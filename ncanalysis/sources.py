@@ -15,7 +15,7 @@ import dask.array as da
 import numpy as np
 
 from .store._hdf5 import HDF5Proxy
-from .store.spec import DEFAULT_BLOCK_BYTES
+from .store.spec import default_block_rows
 
 __all__ = ["as_row_blocks"]
 
@@ -29,10 +29,10 @@ def _stored_rows(array: Any) -> int | None:
 
 
 def _block_rows(shape: tuple[int, ...], itemsize: int, stored: int | None, rows: int | None) -> int:
-    """Rows per dask block: ``rows`` or ~DEFAULT_BLOCK_BYTES, a multiple of the stored chunk."""
+    """Rows per dask block: ``rows`` or the store's default, a multiple of the stored chunk."""
     if rows is None:
         row_bytes = max(1, int(np.prod(shape[1:], dtype=np.int64)) * itemsize)
-        rows = max(1, DEFAULT_BLOCK_BYTES // row_bytes)
+        rows = default_block_rows(shape[0], row_bytes)
     if stored:
         rows = max(stored, (rows // stored) * stored)
     return int(min(max(rows, 1), max(shape[0], 1)))
@@ -46,7 +46,8 @@ def as_row_blocks(array: Any, *, rows_per_block: int | None = None) -> da.Array:
     array : numpy array, dask array, zarr.Array or h5py.Dataset
     rows_per_block : int, optional
         Rows per dask block; rounded down to a multiple of the stored chunk
-        rows (at least one stored chunk).  Default: about 64 MiB of stored data.
+        rows (at least one stored chunk).  Default: about 1/16 of the rows,
+        4 to 64 MiB of stored data per block.
     """
     if isinstance(array, da.Array):
         stored = int(max(array.chunks[0])) if rows_per_block is None else None

@@ -128,14 +128,18 @@ class SplitGeometry:
     ``basis`` (d x r) is orthonormal and spans the centred means; ``eigenvalues``
     (r,) are the nonzero eigenvalues of Sigma_B = M~ M~^T / C kept above
     ``pinv_rtol`` times the largest, so that Sigma_B^+ = basis diag(1/eig) basis^T.
+    ``coordinates`` are the centred means in that basis, ``centred @ basis``.
     """
 
     counts: np.ndarray  # (C,) int64
     means: np.ndarray  # (C, d) float64
     global_mean: np.ndarray  # (d,) float64
     centred: np.ndarray  # (C, d) float64: rows mu_c - mu_G (M~ transposed)
+    centred_gram: np.ndarray  # (C, C) float64: centred @ centred.T
     eigenvalues: np.ndarray  # (r,) kept eigenvalues of Sigma_B, descending
     basis: np.ndarray  # (d, r)
+    coordinates: np.ndarray  # (C, r) float64
+    separation: np.ndarray  # (C,) lower bound of min_c' ||coordinates[c] - coordinates[c']||
 
     @property
     def rank(self) -> int:
@@ -182,8 +186,8 @@ def split_geometry(
     else:
         raise InputError(f"global_mean must be one of {GLOBAL_MEAN_CHOICES}, not {global_mean!r}")
     centred = means - mu_g
-    gram = centred @ centred.T / num_classes
-    eigenvalues, eigenvectors = np.linalg.eigh(gram)
+    centred_gram = centred @ centred.T
+    eigenvalues, eigenvectors = np.linalg.eigh(centred_gram / num_classes)
     order = np.argsort(eigenvalues)[::-1]
     eigenvalues, eigenvectors = eigenvalues[order], eigenvectors[:, order]
     top = eigenvalues[0]
@@ -191,15 +195,38 @@ def split_geometry(
         raise InputError(f"{context}: all class means are equal; Sigma_B is zero")
     keep = eigenvalues > pinv_rtol * top
     kept_values, kept_vectors = eigenvalues[keep], eigenvectors[:, keep]
-    basis = centred.T @ kept_vectors / np.sqrt(num_classes * kept_values)
+    scale = np.sqrt(num_classes * kept_values)
+    basis = centred.T @ (kept_vectors / scale)
     return SplitGeometry(
         counts=counts,
         means=means,
         global_mean=mu_g,
         centred=centred,
+        centred_gram=centred_gram,
         eigenvalues=kept_values,
         basis=basis,
+        # centred @ basis = C * gram @ V / sqrt(C lambda) = V sqrt(C lambda): no GEMM.
+        coordinates=kept_vectors * scale,
+        separation=_separation(
+            centred_gram, num_classes * np.abs(eigenvalues[~keep]).sum(), centred.shape[1]
+        ),
     )
+
+
+def _separation(gram: np.ndarray, dropped: float, dim: int) -> np.ndarray:
+    """For each class, a lower bound of the distance from its projected centred mean to the others.
+
+    Squared distances come from the Gram matrix of the centred means; the bound
+    subtracts that formula's worst-case float64 round-off and the most that the
+    eigen-directions left out of the basis (total ``dropped`` = C times their
+    eigenvalues) can add to a squared distance, so it never exceeds the distance
+    between the rows of ``coordinates``.
+    """
+    sqnorms = np.diag(gram)
+    sqdist = sqnorms[:, None] + sqnorms[None, :] - 2.0 * gram
+    np.fill_diagonal(sqdist, np.inf)
+    slack = 4.0 * (dim + 2) * np.finfo(np.float64).eps * sqnorms.max() + 4.0 * dropped
+    return np.sqrt(np.maximum(sqdist.min(axis=1) - slack, 0.0))
 
 
 @dataclass
@@ -274,9 +301,11 @@ def block_plan(
         else:
             ncc_start = rank
             blocks.append(ncc_basis)
-        # Projected centred train means: M~_train^T U_train.
-        train_centred_proj = train.centred @ ncc_basis
-        ncc_offsets = (geometry.means - train.global_mean) @ ncc_basis
+        # Projected centred train means, M~_train^T U_train.
+        train_centred_proj = train.coordinates
+        ncc_offsets = (
+            train.coordinates if is_train else (geometry.means - train.global_mean) @ ncc_basis
+        )
     logit_start = sum(b.shape[1] for b in blocks)
     blocks.append(weight64.T)
     projection = np.ascontiguousarray(np.concatenate(blocks, axis=1), dtype=dtype)
@@ -288,7 +317,7 @@ def block_plan(
         ncc_offsets=np.ascontiguousarray(ncc_offsets),
         train_means_projected=np.ascontiguousarray(train_centred_proj, dtype=dtype),
         train_means_sqnorm=np.einsum("ij,ij->i", train_centred_proj, train_centred_proj),
-        train_separation=_separation(train_centred_proj),
+        train_separation=np.zeros(0) if train is None else train.separation,
         logit_start=logit_start,
         logit_offsets=np.ascontiguousarray(geometry.means @ weight64.T + bias64),
         weight=np.ascontiguousarray(weight64),
@@ -296,21 +325,6 @@ def block_plan(
         train_means=np.ascontiguousarray(train_means),
         gemm_dtype=dtype,
     )
-
-
-def _separation(points: np.ndarray) -> np.ndarray:
-    """For each row of ``points``, a lower bound of its distance to the nearest other row.
-
-    Squared distances come from the Gram matrix; the bound subtracts that
-    formula's worst-case float64 round-off, so it never exceeds the true distance.
-    """
-    if points.shape[1] == 0:
-        return np.zeros(points.shape[0])
-    sqnorms = np.einsum("ij,ij->i", points, points)
-    sqdist = sqnorms[:, None] + sqnorms[None, :] - 2.0 * (points @ points.T)
-    np.fill_diagonal(sqdist, np.inf)
-    slack = 4.0 * (points.shape[1] + 2) * np.finfo(np.float64).eps * sqnorms.max()
-    return np.sqrt(np.maximum(sqdist.min(axis=1) - slack, 0.0))
 
 
 @dataclass

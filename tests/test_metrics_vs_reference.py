@@ -306,6 +306,6 @@ def test_ncc_shortcut_and_full_scores_agree_with_reference(gemm_dtype, monkeypat
 
     # With no separation bound every row is scored in full: same numbers.
     scored.clear()
-    monkeypatch.setattr(stats, "_separation", lambda points: np.zeros(points.shape[0]))
+    monkeypatch.setattr(stats, "_separation", lambda gram, dropped, dim: np.zeros(gram.shape[0]))
     run_and_compare(splits, weight, bias, gemm_dtype=gemm_dtype, context="ncc full scores only")
     assert sum(scored) == total

@@ -119,7 +119,7 @@ class Store:
             Which features.
         rows_per_block
             Rows per dask block, rounded to a multiple of the stored chunk rows;
-            default about 64 MiB of stored data per block.
+            default about 1/16 of the split, 4 to 64 MiB of stored data per block.
 
         Returns
         -------
@@ -130,7 +130,7 @@ class Store:
             raise InputError(f"rows_per_block must be a positive integer, got {rows_per_block!r}")
         info = self._features_info(epoch, split)
         row_bytes = self.num_features * info.dtype.itemsize
-        rows = block_rows(info.chunks[0], row_bytes, rows_per_block)
+        rows = block_rows(info.chunks[0], row_bytes, rows_per_block, info.shape[0])
         return self._backend.dask(f"{split_node(epoch, split)}/{FEATURES}", rows)
 
     def labels(self, epoch: int, split: str) -> np.ndarray:

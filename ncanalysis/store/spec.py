@@ -37,6 +37,8 @@ __all__ = [
     "HDF5_SUFFIXES",
     "DEFAULT_CHUNK_BYTES",
     "DEFAULT_BLOCK_BYTES",
+    "MIN_BLOCK_BYTES",
+    "BLOCKS_PER_SPLIT",
     "ArrayInfo",
     "is_hdf5_path",
     "epoch_node",
@@ -49,6 +51,7 @@ __all__ = [
     "is_index",
     "default_chunk_rows",
     "block_rows",
+    "default_block_rows",
 ]
 
 FORMAT_NAME = "ncanalysis-store"
@@ -86,8 +89,13 @@ HDF5_SUFFIXES = (".h5", ".hdf5")
 #: Stored bytes of features per chunk when chunk_rows is not given: a few MB keeps the
 #: number of files per epoch in the hundreds at ImageNet scale and each read large.
 DEFAULT_CHUNK_BYTES = 8 << 20
-#: Stored bytes of features per dask block when rows_per_block is not given.
+#: Stored bytes of features per dask block when rows_per_block is not given: a
+#: split is cut into about BLOCKS_PER_SPLIT blocks, so that the last blocks of a
+#: pass keep every worker busy, of MIN_BLOCK_BYTES to DEFAULT_BLOCK_BYTES each
+#: (smaller blocks cost per-task overhead, larger ones memory).
 DEFAULT_BLOCK_BYTES = 64 << 20
+MIN_BLOCK_BYTES = 4 << 20
+BLOCKS_PER_SPLIT = 16
 
 # Floating arrays and their dtypes; labels and sample_index take any integer dtype.
 _DTYPES = {FEATURES: FEATURE_DTYPES, WEIGHT: CLASSIFIER_DTYPES, BIAS: CLASSIFIER_DTYPES}
@@ -241,7 +249,20 @@ def default_chunk_rows(num_samples: int, num_features: int, dtype: str) -> int:
     return max(1, min(num_samples, DEFAULT_CHUNK_BYTES // row_bytes))
 
 
-def block_rows(chunk_rows: int, row_bytes: int, rows_per_block: int | None = None) -> int:
+def default_block_rows(num_rows: int, row_bytes: int) -> int:
+    """Rows per dask block for a split of ``num_rows`` rows of ``row_bytes`` bytes.
+
+    About 1/BLOCKS_PER_SPLIT of the split, within MIN_BLOCK_BYTES and
+    DEFAULT_BLOCK_BYTES (and never more than the split).
+    """
+    target = num_rows * row_bytes // BLOCKS_PER_SPLIT
+    target = min(DEFAULT_BLOCK_BYTES, max(MIN_BLOCK_BYTES, target))
+    return int(max(1, min(num_rows, target // max(1, row_bytes))))
+
+
+def block_rows(
+    chunk_rows: int, row_bytes: int, rows_per_block: int | None = None, num_rows: int = 0
+) -> int:
     """Rows per dask block: a whole number (at least one) of stored chunks.
 
     Parameters
@@ -252,10 +273,11 @@ def block_rows(chunk_rows: int, row_bytes: int, rows_per_block: int | None = Non
         Stored bytes of one row.
     rows_per_block
         Requested rows per block, rounded to the nearest multiple of ``chunk_rows``;
-        None aims at DEFAULT_BLOCK_BYTES per block.
+        None takes :func:`default_block_rows` of the split.
+    num_rows
+        Rows of the split (for the default).
     """
     if rows_per_block is None:
-        chunks = DEFAULT_BLOCK_BYTES // (chunk_rows * row_bytes)
-    else:
-        chunks = (rows_per_block + chunk_rows // 2) // chunk_rows  # halves round up
+        rows_per_block = default_block_rows(num_rows, row_bytes)
+    chunks = (rows_per_block + chunk_rows // 2) // chunk_rows  # halves round up
     return chunk_rows * max(1, chunks)
