@@ -299,7 +299,10 @@ def test_ncc_shortcut_and_full_scores_agree_with_reference(gemm_dtype, monkeypat
         return full_scores(scores, *args)
 
     monkeypatch.setattr(kernels, "ncc_decisions", counting)
-    ds, expected = run_and_compare(splits, weight, bias, gemm_dtype=gemm_dtype, context="ncc shortcut")
+    # In-process threads: the patched kernel must be the one that runs.
+    ds, expected = run_and_compare(
+        splits, weight, bias, gemm_dtype=gemm_dtype, context="ncc shortcut", scheduler="threads"
+    )
     total = y.size + yt.size
     assert 0.1 * total < sum(scored) < 0.9 * total, f"rows scored in full: {sum(scored)} of {total}"
     assert 0 < int(ds["class_ncc_mismatch"].sum()) < total
@@ -307,5 +310,8 @@ def test_ncc_shortcut_and_full_scores_agree_with_reference(gemm_dtype, monkeypat
     # With no separation bound every row is scored in full: same numbers.
     scored.clear()
     monkeypatch.setattr(stats, "_separation", lambda gram, dropped, dim: np.zeros(gram.shape[0]))
-    run_and_compare(splits, weight, bias, gemm_dtype=gemm_dtype, context="ncc full scores only")
+    run_and_compare(
+        splits, weight, bias, gemm_dtype=gemm_dtype, context="ncc full scores only",
+        scheduler="threads",
+    )
     assert sum(scored) == total
