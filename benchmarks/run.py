@@ -13,8 +13,10 @@ Per scale and scheduler, every epoch is measured in a fresh subprocess:
 Reported per measurement:
 
 - ``epoch_s``: wall time of one epoch (all its splits, both passes, metrics);
-- ``passes``: feature bytes read / feature bytes stored, from a log of every
-  ``zarr.storage.LocalStore.get`` in every process that runs tasks (runner,
+- ``passes``: feature bytes read / feature bytes of the rows (N x d x itemsize;
+  zarr's own reads also read the padding of a split's last chunk, so they count
+  slightly more), from a log of every ``zarr.storage.LocalStore.get`` and every
+  direct chunk-file read in every process that runs tasks (runner,
   pool processes, distributed workers), which also gives the min/max reads per
   stored feature chunk; cross-checked with ``read_chars`` of /proc/<pid>/io
   summed over the process tree (which also counts pipe reads, so it overstates
@@ -251,7 +253,10 @@ _READ_LOG_ENV = "NCBENCH_READ_LOG"
 
 
 def install_read_log(path: str | None = None) -> None:
-    """Log every zarr LocalStore.get (key, bytes) of this process to a shared file.
+    """Log every chunk read (key, bytes) of this process to a shared file.
+
+    Both read paths are logged: zarr's ``LocalStore.get`` and the store's direct
+    reader of uncompressed chunk files (``ncanalysis.store._rawzarr``).
 
     Installed in the runner (threads/sync), in every pool process (processes) and
     every worker (distributed); lines are appended with O_APPEND, so several
@@ -280,6 +285,22 @@ def install_read_log(path: str | None = None) -> None:
 
     get._ncbench = True
     cls.get = get
+
+    from ncanalysis.store import _rawzarr
+
+    orig_raw = _rawzarr.read_chunk_bytes
+
+    def read_chunk_bytes(file_path, offset, target):
+        found = orig_raw(file_path, offset, target)
+        if found:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, f"{os.getpid()} {len(target)} {file_path}\n".encode())
+            finally:
+                os.close(fd)
+        return found
+
+    _rawzarr.read_chunk_bytes = read_chunk_bytes
 
 
 def read_log_features(path: str) -> tuple[int, list[int], int]:
@@ -744,7 +765,7 @@ def summarise(info: dict, runs: list[dict], base: dict | None) -> dict:
     per_epoch = []
     for r in runs:
         splits = info["per_epoch"][str(r["epoch"])]
-        stored = sum(v["disk_bytes"] or v["float16_bytes"] for v in splits.values())
+        stored = sum(v["float16_bytes"] for v in splits.values())
         machine = r.get("machine_gemm")
         rate = (machine[r["gemm_dtype"]]["best"] if machine
                 else r[f"gemm_gflops_{r['gemm_dtype']}"])

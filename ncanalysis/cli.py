@@ -159,7 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     ana.add_argument("--no-ncc", dest="ncc", action="store_false",
                      help="skip the NCC mismatch (NC4), which needs a train split")
     ana.add_argument("--rows-per-block", type=_positive_int, metavar="N",
-                     help="rows per dask block (default: about 1/16 of a split, 4 to 64 MiB of stored features)")
+                     help="rows per dask block (default: about 1/32 of a split, 4 to 32 MiB "
+                          "of stored features)")
     par = run.add_argument_group("parallelism").add_mutually_exclusive_group()
     par.add_argument("--scheduler", metavar="ADDRESS",
                      help="address of a running dask.distributed scheduler, "

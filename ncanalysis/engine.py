@@ -438,7 +438,7 @@ def analyze_arrays(
     ncc : bool
         Compute the NCC mismatch (needs a "train" split).
     rows_per_block : int, optional
-        Rows per dask block (default: about 1/16 of the split, 4 to 64 MiB
+        Rows per dask block (default: about 1/32 of the split, 4 to 32 MiB
         of stored features).
     progress : bool
         Progress bar on stderr.

@@ -46,8 +46,8 @@ def as_row_blocks(array: Any, *, rows_per_block: int | None = None) -> da.Array:
     array : numpy array, dask array, zarr.Array or h5py.Dataset
     rows_per_block : int, optional
         Rows per dask block; rounded down to a multiple of the stored chunk
-        rows (at least one stored chunk).  Default: about 1/16 of the rows,
-        4 to 64 MiB of stored data per block.
+        rows (at least one stored chunk).  Default: about 1/32 of the rows,
+        4 to 32 MiB of stored data per block.
     """
     if isinstance(array, da.Array):
         stored = int(max(array.chunks[0])) if rows_per_block is None else None

@@ -11,6 +11,7 @@ import zarr
 import zarr.errors
 
 from ..errors import StoreFormatError
+from ._rawzarr import raw_row_chunks
 from .spec import EPOCHS_GROUP, ROOT_ATTR, ArrayInfo
 
 if TYPE_CHECKING:  # dask.array takes ~1.7 s to import; writers never need it
@@ -131,7 +132,11 @@ class ZarrBackend:
         array = self._root[node]
         import dask.array as da
 
-        return da.from_zarr(array, chunks=(rows, *array.shape[1:]))
+        chunks = (rows, *array.shape[1:])
+        raw = raw_row_chunks(array)
+        if raw is None:
+            return da.from_zarr(array, chunks=chunks)
+        return da.from_array(raw, chunks=chunks, asarray=True, lock=False, fancy=False)
 
     def close(self) -> None:
         self._root.store.close()

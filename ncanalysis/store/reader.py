@@ -119,7 +119,7 @@ class Store:
             Which features.
         rows_per_block
             Rows per dask block, rounded to a multiple of the stored chunk rows;
-            default about 1/16 of the split, 4 to 64 MiB of stored data per block.
+            default about 1/32 of the split, 4 to 32 MiB of stored data per block.
 
         Returns
         -------

@@ -93,9 +93,9 @@ DEFAULT_CHUNK_BYTES = 8 << 20
 #: split is cut into about BLOCKS_PER_SPLIT blocks, so that the last blocks of a
 #: pass keep every worker busy, of MIN_BLOCK_BYTES to DEFAULT_BLOCK_BYTES each
 #: (smaller blocks cost per-task overhead, larger ones memory).
-DEFAULT_BLOCK_BYTES = 64 << 20
+DEFAULT_BLOCK_BYTES = 32 << 20
 MIN_BLOCK_BYTES = 4 << 20
-BLOCKS_PER_SPLIT = 16
+BLOCKS_PER_SPLIT = 32
 
 # Floating arrays and their dtypes; labels and sample_index take any integer dtype.
 _DTYPES = {FEATURES: FEATURE_DTYPES, WEIGHT: CLASSIFIER_DTYPES, BIAS: CLASSIFIER_DTYPES}
