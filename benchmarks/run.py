@@ -649,6 +649,12 @@ def profile_stages(args: argparse.Namespace) -> dict:
         return wrapper
 
     zarr.Array.__getitem__ = timed("read: zarr getitem", zarr.Array.__getitem__)
+    try:  # engines since 926b9fe read uncompressed chunk files directly
+        from ncanalysis.store._rawzarr import RawRowChunks
+    except ImportError:
+        pass
+    else:
+        RawRowChunks.__getitem__ = timed("read: direct chunk files", RawRowChunks.__getitem__)
     # Input preparation: older engines upcast float16 with numpy (stats._upcast), newer
     # ones pass the uint16 bits to the kernels (kernels.kernel_input, a view).
     if hasattr(stats, "_upcast"):
