@@ -273,14 +273,17 @@ def install_read_log(path: str | None = None) -> None:
         return
     orig = cls.get
 
+    def log(nbytes: int, key: str) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, f"{os.getpid()} {nbytes} {key}\n".encode())
+        finally:
+            os.close(fd)
+
     async def get(self, key, prototype=None, byte_range=None):
         buf = await orig(self, key, prototype, byte_range)
         if buf is not None:
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                os.write(fd, f"{os.getpid()} {len(buf)} {key}\n".encode())
-            finally:
-                os.close(fd)
+            log(len(buf), key)
         return buf
 
     get._ncbench = True
@@ -293,11 +296,7 @@ def install_read_log(path: str | None = None) -> None:
     def read_chunk_bytes(file_path, offset, target):
         found = orig_raw(file_path, offset, target)
         if found:
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                os.write(fd, f"{os.getpid()} {len(target)} {file_path}\n".encode())
-            finally:
-                os.close(fd)
+            log(len(target), file_path)
         return found
 
     _rawzarr.read_chunk_bytes = read_chunk_bytes
