@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from numba import types
 from llvmlite import ir
+from numba import types
 from numba.extending import intrinsic, overload
 
 __all__ = [
@@ -44,6 +44,7 @@ _LN2_LO = 1.90821492927058770002e-10
 _INV_LN2 = 1.44269504088896338700e00
 # Below this, exp(x) is 0.0 in float64 (the smallest subnormal is exp(-744.4)).
 _EXP_UNDERFLOW = -745.5
+
 
 def kernel_input(block: np.ndarray) -> np.ndarray:
     """A block as the kernels take it: float16 as its uint16 bits, else float32/float64."""
