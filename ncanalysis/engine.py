@@ -347,7 +347,9 @@ def _to_dataset(
     return dataset
 
 
-def _settings_attrs(global_mean: str, pinv_rtol: float, gemm_dtype: str, ncc: bool, source: str) -> dict:
+def _settings_attrs(
+    global_mean: str, pinv_rtol: float, gemm_dtype: str, ncc: bool, source: str
+) -> dict:
     return {
         "global_mean": global_mean,
         "pinv_rtol": float(pinv_rtol),

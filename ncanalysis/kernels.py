@@ -309,7 +309,9 @@ def scatter_logits(
 
 
 @_jit
-def ncc_decisions(scores, mean_sqnorms, projected_sqnorm, tie_scale, nearest, recheck):  # pragma: no cover
+def ncc_decisions(
+    scores, mean_sqnorms, projected_sqnorm, tie_scale, nearest, recheck
+):  # pragma: no cover - compiled
     """Nearest train class centre of each row, from projected inner products.
 
     ``scores[i, c] = <p_i, m_c>`` for the projected centred feature p_i and the
