@@ -77,7 +77,6 @@ CLASS_FLOAT_METRICS = (
 CLASS_COUNT_METRICS = ("class_count", "class_ncc_mismatch")
 
 
-
 #: Metrics that are exactly 0 on an exact simplex ETF with W proportional to M~^T and b = 0.
 ZERO_AT_COLLAPSE = (
     "nc1",

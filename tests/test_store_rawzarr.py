@@ -10,7 +10,10 @@ import pytest
 import zarr
 from zarr.codecs import BloscCodec
 
+from store_helpers import make_store
+
 from ncanalysis.errors import StoreFormatError
+from ncanalysis.store import open_store
 from ncanalysis.store._rawzarr import RawRowChunks, raw_row_chunks
 
 
@@ -59,8 +62,6 @@ def test_missing_chunk_reads_as_fill_value_and_truncated_chunk_is_an_error(tmp_p
 def test_layouts_that_need_zarr_are_left_to_zarr(tmp_path):
     values = np.ones((8, 3), dtype=np.float32)
     assert raw_row_chunks(_array(tmp_path / "blosc", values, 4, compressors=BloscCodec())) is None
-    assert raw_row_chunks(_array(tmp_path / "cols", values[:, :1].repeat(3, 1), 4,
-                                 compressors=None)) is not None
     split_columns = zarr.create_array(tmp_path / "c.zarr", shape=(8, 3), dtype=np.float32,
                                       chunks=(4, 2), compressors=None)
     assert raw_row_chunks(split_columns) is None
@@ -70,3 +71,16 @@ def test_layouts_that_need_zarr_are_left_to_zarr(tmp_path):
     big_endian = zarr.create_array(tmp_path / "b.zarr", shape=(8, 3), dtype=">f4",
                                    chunks=(4, 3), compressors=None)
     assert raw_row_chunks(big_endian) is None
+
+
+def test_store_features_take_the_direct_path(tmp_path):
+    """The writer's layout qualifies, so a store's features never go through zarr's decoder."""
+    path = tmp_path / "store.zarr"
+    data = make_store(path, epochs=(0,))
+    with open_store(path) as store:
+        features = store.features(0, "train", rows_per_block=1)
+        graph = dict(features.__dask_graph__())
+        assert any(isinstance(value, RawRowChunks) for value in graph.values())
+        np.testing.assert_allclose(
+            features.compute(), data[0].splits["train"][0], rtol=2**-11, atol=0
+        )
