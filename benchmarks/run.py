@@ -320,24 +320,26 @@ def read_log_features(path: str) -> tuple[int, list[int], int]:
 
 def _graph_read_tasks(store, epoch: int, splits: list[str], rows_per_block,
                       gemm_dtype: str) -> dict:
-    """Count the feature-read tasks of the epoch graph (2 per block expected)."""
-    from ncanalysis.engine import EpochInput, epoch_graph
+    """Count the feature reads in the epoch graph (2 per block expected).
 
-    inputs = {s: (store.features(epoch, s, rows_per_block=rows_per_block),
+    The analyser's tasks read their own rows: each pass's task of a block holds
+    one nested ``read_rows`` task.
+    """
+    from ncanalysis.engine import EpochInput, epoch_graph
+    from ncanalysis.sources import read_rows
+
+    inputs = {s: (store.feature_blocks(epoch, s, rows_per_block=rows_per_block),
                   store.labels(epoch, s)) for s in splits}
     item = EpochInput(epoch=epoch, splits=inputs, weight=store.weight(epoch),
                       bias=store.bias(epoch))
-    graph = epoch_graph(item, gemm_dtype=gemm_dtype)
-    read_names = {f.name for f, _ in inputs.values()}
-    blocks = sum(f.numblocks[0] for f, _ in inputs.values())
-    hlg = graph.__dask_graph__()
-    reads = 0
-    for key in dict(hlg):
-        name = key[0] if isinstance(key, tuple) else key
-        if isinstance(key, tuple) and len(key) == 3 and any(
-            str(name).startswith(r.rsplit("-", 1)[0]) for r in read_names
-        ):
-            reads += 1
+    hlg = epoch_graph(item, gemm_dtype=gemm_dtype).__dask_graph__()
+
+    def reads_in(task: Any) -> int:
+        nested = [a for a in getattr(task, "args", ()) if hasattr(a, "func")]
+        return int(getattr(task, "func", None) is read_rows) + sum(map(reads_in, nested))
+
+    blocks = sum(len(f.ranges()) for f, _ in inputs.values())
+    reads = sum(reads_in(task) for task in dict(hlg).values())
     return {"blocks": blocks, "read_tasks": reads, "tasks": len(hlg)}
 
 

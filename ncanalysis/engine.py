@@ -1,16 +1,18 @@
 """The analyser: one dask graph per epoch, streamed out of core, results as xarray.
 
-For every split of an epoch the graph makes two passes over the feature blocks:
+For every split of an epoch the graph makes two passes over the feature blocks
+(:class:`~ncanalysis.sources.RowBlocks`, which the tasks read themselves, or a
+dask array's chunks):
 
 1. class counts and float64 class sums per block, merged by a tree reduction,
    then the split's geometry (means and the Sigma_B spectrum);
 2. once the geometries of the split and of the train split are known, the
    per-block scatter statistics (NC1 terms, logits, loss, NCC), merged again.
 
-The pass-2 block reads are *bound* to the pass-1 results
-(:func:`dask.graph_manipulation.bind`): they are fresh tasks that cannot start
-before the geometry exists, so no block is held in memory between the passes
-and peak memory does not grow with N.  Both passes of every split share one
+A pass-2 task reads its block only once the geometry exists (RowBlocks are read
+inside the task; a dask array's chunks are *bound* to the pass-1 results with
+:func:`dask.graph_manipulation.bind`, making fresh read tasks), so no block is
+held in memory between the passes and peak memory does not grow with N.  Both passes of every split share one
 ``dask.compute`` per epoch.  The library never creates a dask Client: it runs on
 ``scheduler`` (a name or a Client), or on the Client the caller has made active.
 """
@@ -26,8 +28,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from typing import TYPE_CHECKING
+
 import dask
-import dask.array as da
 import numpy as np
 import xarray as xr
 from dask.delayed import Delayed
@@ -39,7 +42,10 @@ from ._version import __version__
 from .errors import InputError
 from .metrics import CLASS_METRICS, INT_VARIABLES, SCALAR_METRICS, split_metrics
 from .results import tpt_start_epoch
-from .sources import as_row_blocks
+from .sources import RowBlocks, as_row_blocks, is_dask_array, read_rows
+
+if TYPE_CHECKING:
+    import dask.array as da
 
 __all__ = ["EpochInput", "analyze", "analyze_arrays", "analyze_epochs", "epoch_graph"]
 
@@ -50,13 +56,14 @@ _TREE_WIDTH = 8
 class EpochInput:
     """The inputs of one epoch: feature and label arrays per split, and the classifier.
 
-    ``splits`` maps a split name to ``(features, labels)``: features a dask array
-    (N, d) chunked along rows only, labels a numpy or dask array (N,).
+    ``splits`` maps a split name to ``(features, labels)``: features (N, d) as
+    :class:`~ncanalysis.sources.RowBlocks` or a dask array chunked along rows
+    only, labels a numpy or dask array (N,).
     ``where`` names the source ("digits.zarr") for error messages.
     """
 
     epoch: int
-    splits: Mapping[str, tuple[da.Array, Any]]
+    splits: Mapping[str, tuple[RowBlocks | da.Array, Any]]
     weight: np.ndarray
     bias: np.ndarray
     where: str = "arrays"
@@ -128,29 +135,65 @@ def _add_all(parts: list) -> Any:
     return sum(parts[1:], parts[0])
 
 
-def _aligned_labels(labels: Any, chunks: tuple[int, ...]) -> da.Array:
-    """Labels as a dask array chunked like the feature rows."""
-    if not isinstance(labels, da.Array):
-        return da.from_array(np.asarray(labels), chunks=(chunks,))
-    # An explicit method: choosing one imports dask.distributed (~0.4 s of start-up).
-    return labels.rechunk((chunks,), method="tasks")
+def _block_rows(features: RowBlocks | da.Array) -> tuple[int, ...]:
+    return features.block_rows if isinstance(features, RowBlocks) else features.chunks[0]
 
 
-def _block_layer(
-    name: str, task: Any, features: da.Array, labels: da.Array, extra: list
-) -> tuple[dict, Any]:
+def _block_inputs(
+    name: str, features: RowBlocks | da.Array, labels: Any, after: Delayed | None = None
+) -> tuple[dict, list[tuple], list]:
+    """What the tasks of one pass take as their feature and label blocks.
+
+    RowBlocks become a read task nested in each block's task, which therefore
+    reads its rows only when it runs; their array-like is put in the graph once.
+    A dask array's chunks are referred to by key, through fresh read tasks
+    bound to ``after`` when given.  Numpy labels are sliced into the tasks.
+
+    Returns
+    -------
+    layer : dict
+        Graph entries the arguments need.
+    blocks : list of (feature argument, label argument)
+    dependencies : list
+        Dask collections the arguments refer to.
+    """
+    layer: dict = {}
+    dependencies: list = []
+    if isinstance(features, RowBlocks):
+        source = f"{name}-rows"
+        layer[source] = features.array
+        feature_args: list = [(read_rows, source, a, b) for a, b in features.ranges()]
+    else:
+        if after is not None:
+            features = bind(features, [after])
+        dependencies.append(features)
+        feature_args = [(features.name, i, 0) for i in range(features.numblocks[0])]
+    sizes = _block_rows(features)
+    if is_dask_array(labels):
+        # An explicit method: choosing one imports dask.distributed (~0.4 s of start-up).
+        labels = labels.rechunk((sizes,), method="tasks")
+        dependencies.append(labels)
+        label_args: list = [(labels.name, i) for i in range(len(sizes))]
+    else:
+        labels = np.asarray(labels)
+        stops = np.cumsum(sizes)
+        label_args = [labels[stop - size : stop] for size, stop in zip(sizes, stops)]
+    return layer, list(zip(feature_args, label_args)), dependencies
+
+
+def _block_layer(name: str, task: Any, blocks: list[tuple], extra: list) -> tuple[dict, Any]:
     """Tasks ``task(feature block, label block, *extra[i])`` merged by a tree of sums.
 
     The graph is written directly (one task per block, then _TREE_WIDTH-wide
-    sums), referring to the array chunks by key: wrapping each block in
-    ``dask.delayed`` would merge and cull the whole graph once per block.
-    Returns the layer and the key of the merged result.
+    sums): wrapping each block in ``dask.delayed`` would merge and cull the
+    whole graph once per block.  Returns the layer and the key of the merged
+    result.
     """
     layer: dict = {}
     keys = []
-    for i in range(features.numblocks[0]):
+    for i, (block, labels) in enumerate(blocks):
         key = (name, 0, i)
-        layer[key] = (task, (features.name, i, 0), (labels.name, i), *extra[i])
+        layer[key] = (task, block, labels, *extra[i])
         keys.append(key)
     level = 0
     while len(keys) > 1:
@@ -167,14 +210,15 @@ def _block_layer(
 def _pass1(item: EpochInput, split: str, num_classes: int, **options: Any) -> Delayed:
     """The split's geometry (class means, Sigma_B spectrum) as one delayed value."""
     features, labels = item.splits[split]
-    labels = _aligned_labels(labels, features.chunks[0])
     context = item.context(split)
     name = f"ncanalysis-sums-{uuid.uuid4().hex}"
-    offsets = np.concatenate([[0], np.cumsum(features.chunks[0])[:-1]])
+    inputs, blocks, dependencies = _block_inputs(name, features, labels)
+    offsets = np.concatenate([[0], np.cumsum(_block_rows(features))[:-1]])
     task = functools.partial(_class_sums_task, num_classes=num_classes, context=context)
-    layer, total = _block_layer(name, task, features, labels, [[int(o)] for o in offsets])
+    layer, total = _block_layer(name, task, blocks, [[int(o)] for o in offsets])
+    layer.update(inputs)
     layer[name] = (functools.partial(stats.split_geometry, context=context, **options), total)
-    graph = HighLevelGraph.from_collections(name, layer, dependencies=[features, labels])
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=dependencies)
     return Delayed(name, graph)
 
 
@@ -188,13 +232,12 @@ def _class_sums_task(features, labels, first_row, *, num_classes, context):
 def _pass2(item: EpochInput, split: str, plan: Delayed) -> Delayed:
     """The split's merged scatter statistics as one delayed value."""
     features, labels = item.splits[split]
-    labels = _aligned_labels(labels, features.chunks[0])
-    # Fresh read tasks that wait for the plan: no block is held between passes.
-    features = bind(features, [plan])
     name = f"ncanalysis-scatter-{uuid.uuid4().hex}"
-    extra = [[plan.key]] * features.numblocks[0]
-    layer, total = _block_layer(name, stats.block_scatter, features, labels, extra)
-    graph = HighLevelGraph.from_collections(name, layer, dependencies=[features, labels, plan])
+    # Blocks read once the plan exists: none is held between the passes.
+    inputs, blocks, dependencies = _block_inputs(name, features, labels, after=plan)
+    layer, total = _block_layer(name, stats.block_scatter, blocks, [[plan.key]] * len(blocks))
+    layer.update(inputs)
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=[*dependencies, plan])
     return Delayed(total, graph, layer=name)
 
 
@@ -266,6 +309,24 @@ def _active_client(scheduler: Any) -> Any:
         return None
 
 
+def _scheduler_name(scheduler: Any) -> str | None:
+    """The local scheduler's name (None: dask's configured one, else threads), or None."""
+    if scheduler is None:
+        scheduler = dask.config.get("scheduler", None) or "threads"
+    return scheduler.lower() if isinstance(scheduler, str) else None
+
+
+def _local_scheduler(scheduler: Any) -> Any:
+    """dask's get function for a local scheduler's name; anything else unchanged.
+
+    Handing dask.compute the function rather than the name skips its check for an
+    active dask.distributed Client, which imports distributed (~0.3 s of start-up).
+    """
+    from dask.base import named_schedulers
+
+    return named_schedulers.get(_scheduler_name(scheduler), scheduler)
+
+
 def _blas_threads_for(scheduler: Any) -> contextlib.AbstractContextManager:
     """One BLAS thread per task while dask's local thread pool runs the graph.
 
@@ -274,8 +335,7 @@ def _blas_threads_for(scheduler: Any) -> contextlib.AbstractContextManager:
     on 2 cores).  dask.distributed workers get ``OPENBLAS_NUM_THREADS=1`` from
     their nanny; the processes and synchronous schedulers are left alone.
     """
-    name = scheduler if isinstance(scheduler, str) else dask.config.get("scheduler", "threads")
-    if name in ("threads", "threading"):
+    if _scheduler_name(scheduler) in ("threads", "threading"):
         from threadpoolctl import threadpool_limits
 
         return threadpool_limits(limits=1, user_api="blas")
@@ -300,7 +360,7 @@ def _compute(graph: Any, scheduler: Any, progress: bool) -> Any:
 
         bar = ProgressBar(out=sys.stderr)
     with bar, _blas_threads_for(scheduler):
-        return dask.compute(graph, scheduler=scheduler)[0]
+        return dask.compute(graph, scheduler=_local_scheduler(scheduler))[0]
 
 
 def _to_dataset(
@@ -474,7 +534,7 @@ def analyze_arrays(
 
 def _labels_array(labels: Any) -> Any:
     """Labels as a numpy array, or a dask array left lazy."""
-    if isinstance(labels, da.Array):
+    if is_dask_array(labels):
         return labels
     return np.asarray(labels[...] if hasattr(labels, "chunks") else labels)
 
@@ -531,7 +591,7 @@ def analyze(
                 epoch=epoch,
                 splits={
                     s: (
-                        store.features(epoch, s, rows_per_block=rows_per_block),
+                        store.feature_blocks(epoch, s, rows_per_block=rows_per_block),
                         store.labels(epoch, s),
                     )
                     for s in names

@@ -7,7 +7,11 @@ changes them.  It must not, beyond float64 round-off, and counts must be equal.
 
 from __future__ import annotations
 
+import collections
 import pickle
+import subprocess
+import sys
+import threading
 
 import dask
 import dask.array as da
@@ -19,6 +23,7 @@ import zarr
 import ncanalysis
 from ncanalysis.engine import EpochInput, epoch_graph
 from ncanalysis.metrics import CLASS_METRICS, SCALAR_METRICS
+from ncanalysis.sources import RowBlocks, as_row_blocks
 
 INT_VARS = ("n_samples", "nc1_rank", "class_count", "class_ncc_mismatch")
 
@@ -164,6 +169,56 @@ def test_graph_is_lazy_and_carries_no_feature_data(tmp_path):
     assert payload < feature_bytes / 10, (payload, feature_bytes)
 
 
+class CountingRows:
+    """An array-like that records which row ranges are read, and how often."""
+
+    def __init__(self, data: np.ndarray) -> None:
+        self.data, self.shape, self.dtype = data, data.shape, data.dtype
+        self.reads: collections.Counter = collections.Counter()
+        self._lock = threading.Lock()
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        with self._lock:
+            self.reads[rows.start, rows.stop] += 1
+        return self.data[rows]
+
+
+@pytest.mark.parametrize("scheduler", ["threads", "synchronous"])
+def test_row_blocks_are_read_once_per_pass_and_not_while_building(baseline, scheduler):
+    splits, weight, bias = _data()
+    sources = {name: CountingRows(features) for name, (features, _) in splits.items()}
+    item = EpochInput(
+        epoch=0,
+        splits={name: (RowBlocks.of(sources[name], 400), labels)
+                for name, (_, labels) in splits.items()},
+        weight=weight,
+        bias=bias,
+    )
+    graph = epoch_graph(item)
+    assert all(not source.reads for source in sources.values())
+    result = dask.compute(graph, scheduler=scheduler)[0]
+    for name, source in sources.items():
+        expected = {(a, b): 2 for a, b in item.splits[name][0].ranges()}
+        assert dict(source.reads) == expected, name
+    # The same numbers as the baseline, which went through analyze_arrays.
+    for name in ("nc1", "ncc_mismatch", "accuracy"):
+        assert result["train"][name] == pytest.approx(float(baseline[name].sel(split="train")[0]),
+                                                      rel=1e-6)
+
+
+def test_row_blocks_bounds():
+    data = np.zeros((10, 3), dtype=np.float16)
+    blocks = RowBlocks.of(data, 4)
+    assert blocks.bounds == (0, 4, 8, 10)
+    assert blocks.block_rows == (4, 4, 2)
+    assert blocks.ranges() == [(0, 4), (4, 8), (8, 10)]
+    assert (blocks.shape, blocks.dtype, blocks.ndim) == ((10, 3), np.float16, 2)
+    assert RowBlocks.of(data[:0], 4).ranges() == [(0, 0)]
+    # Anything but a dask array becomes RowBlocks; a dask array stays one.
+    assert isinstance(as_row_blocks(data, rows_per_block=4), RowBlocks)
+    assert isinstance(as_row_blocks(da.from_array(data, chunks=5)), da.Array)
+
+
 def test_progress_goes_to_stderr(capsys):
     splits, weight, bias = _data(n=600)
     ncanalysis.analyze_arrays(splits, weight, bias, progress=True)
@@ -181,3 +236,18 @@ def test_results_layout(baseline):
     np.testing.assert_array_equal(baseline.n_samples.values, [[3000, 1000]])
     # Per-class NC1 shares add up to NC1 (METRICS.md).
     np.testing.assert_allclose(baseline.class_nc1.sum("class"), baseline.nc1, rtol=1e-12)
+
+
+@pytest.mark.parametrize("scheduler", ["None", "'threads'", "'sync'"])
+def test_local_runs_do_not_import_distributed(scheduler):
+    """Naming a local scheduler (or none) must not cost dask.distributed's import."""
+    code = (
+        "import sys, numpy as np, ncanalysis\n"
+        "x = np.random.default_rng(0).normal(size=(60, 4)); y = np.arange(60) % 3\n"
+        f"ds = ncanalysis.analyze_arrays({{'train': (x, y)}}, np.eye(3, 4), scheduler={scheduler})\n"
+        "assert int(ds.n_samples.values[0, 0]) == 60\n"
+        "assert 'distributed' not in sys.modules, 'distributed imported'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=False)
+    assert done.returncode == 0, done.stderr

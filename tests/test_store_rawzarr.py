@@ -84,3 +84,7 @@ def test_store_features_take_the_direct_path(tmp_path):
         np.testing.assert_allclose(
             features.compute(), data[0].splits["train"][0], rtol=2**-11, atol=0
         )
+        # The analyser's own blocks: the same reader, the same row ranges.
+        blocks = store.feature_blocks(0, "train", rows_per_block=1)
+        assert isinstance(blocks.array, RawRowChunks)
+        assert blocks.block_rows == features.chunks[0]

@@ -8,7 +8,7 @@ them (names, shapes, completeness, checks) lives in one place, not twice.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -16,9 +16,6 @@ from ..errors import StoreFormatError
 from ._hdf5 import HDF5Backend
 from ._zarr import ZarrBackend
 from .spec import ArrayInfo, is_hdf5_path
-
-if TYPE_CHECKING:  # dask.array takes ~1.7 s to import; writers never need it
-    import dask.array as da
 
 __all__ = ["Backend", "open_backend", "create_backend"]
 
@@ -71,9 +68,8 @@ class Backend(Protocol):
     def chunks_written(self, node: str) -> tuple[int, int]:
         """Number of stored chunks of an array that were written, and in total."""
 
-    def dask(self, node: str, rows: int) -> da.Array:
-        """A dask array of ``node`` in blocks of ``rows`` rows and all columns,
-        whose graph can be pickled."""
+    def row_source(self, node: str) -> Any:
+        """A picklable array-like of ``node`` whose row slices read as numpy."""
 
     def close(self) -> None:
         """Release what the backend holds open."""

@@ -14,16 +14,13 @@ import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import h5py
 import numpy as np
 
 from ..errors import StoreFormatError
 from .spec import EPOCHS_GROUP, ROOT_ATTR, ArrayInfo
-
-if TYPE_CHECKING:  # dask.array takes ~1.7 s to import; writers never need it
-    import dask.array as da
 
 __all__ = ["HDF5Backend", "HDF5Proxy", "LOCK_WAIT_S"]
 
@@ -159,19 +156,9 @@ class HDF5Backend:
             total = math.prod(-(-n // c) for n, c in zip(dataset.shape, dataset.chunks))
             return dataset.id.get_num_chunks(), total
 
-    def dask(self, node: str, rows: int) -> da.Array:
+    def row_source(self, node: str) -> HDF5Proxy:
         info = self.info(node)
-        proxy = HDF5Proxy(str(self.path), node, info.shape, info.dtype)
-        import dask.array as da
-
-        return da.from_array(
-            proxy,
-            chunks=(rows, *info.shape[1:]),
-            asarray=True,
-            lock=False,
-            fancy=False,
-            meta=np.empty((0,) * len(info.shape), info.dtype),
-        )
+        return HDF5Proxy(str(self.path), node, info.shape, info.dtype)
 
     def close(self) -> None:
         """Nothing to release: no call leaves the file open."""

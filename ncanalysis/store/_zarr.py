@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import zarr
 import zarr.errors
 
 from ..errors import StoreFormatError
-from ._rawzarr import raw_row_chunks
+from ._rawzarr import RawRowChunks, raw_row_chunks
 from .spec import EPOCHS_GROUP, ROOT_ATTR, ArrayInfo
-
-if TYPE_CHECKING:  # dask.array takes ~1.7 s to import; writers never need it
-    import dask.array as da
 
 __all__ = ["ZarrBackend"]
 
@@ -128,15 +125,10 @@ class ZarrBackend:
         array = self._root[node]
         return array.nchunks_initialized, array.nchunks
 
-    def dask(self, node: str, rows: int) -> da.Array:
+    def row_source(self, node: str) -> RawRowChunks | zarr.Array:
         array = self._root[node]
-        import dask.array as da
-
-        chunks = (rows, *array.shape[1:])
         raw = raw_row_chunks(array)
-        if raw is None:
-            return da.from_zarr(array, chunks=chunks)
-        return da.from_array(raw, chunks=chunks, asarray=True, lock=False, fancy=False)
+        return array if raw is None else raw
 
     def close(self) -> None:
         self._root.store.close()
