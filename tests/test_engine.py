@@ -251,3 +251,27 @@ def test_local_runs_do_not_import_distributed(scheduler):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=False)
     assert done.returncode == 0, done.stderr
+
+
+def test_block_tasks_form_their_own_task_group():
+    """dask.distributed spreads a pass's block tasks only if no merge shares their group."""
+    from distributed.utils import key_split_group
+
+    splits, weight, bias = _data(n=3000)
+    item = EpochInput(
+        epoch=0,
+        splits={name: (RowBlocks.of(features, 300), labels)
+                for name, (features, labels) in splits.items()},
+        weight=weight,
+        bias=bias,
+    )
+    graph = dict(epoch_graph(item).__dask_graph__())
+    for task in ("block_scatter", "_class_sums_task"):
+        groups = {key_split_group(k) for k, v in graph.items()
+                  if task in repr(getattr(v, "func", ""))}
+        assert len(groups) == 2, (task, groups)  # one group per split
+        for group in groups:  # the blocks of one split and pass, and nothing else
+            members = [v for k, v in graph.items() if key_split_group(k) == group]
+            assert all(task in repr(getattr(v, "func", "")) for v in members), group
+        assert sum(len(f.ranges()) for f, _ in item.splits.values()) == sum(
+            task in repr(getattr(v, "func", "")) for v in graph.values())
