@@ -19,7 +19,7 @@ $py benchmarks/run.py --scale imagenet --scheduler distributed --epochs 1 --no-b
     --json "$out/imagenet-distributed.json"
 # The whole command, start-up included, on one CIFAR-10-scale epoch (warm page cache):
 # results to a JSON file, then into the store itself (the default), then the imports alone.
-for i in 1 2 3; do
+for i in 1 2 3 4 5; do
   /usr/bin/time -f "ncanalysis run cifar10 epoch 0 --output json: %e s wall" \
     ncanalysis run benchmarks/data/cifar10.zarr --epochs 0 --output "$out/cli-cifar10.json" \
     --overwrite -q > /dev/null
