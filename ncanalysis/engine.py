@@ -13,8 +13,9 @@ A pass-2 task reads its block only once the geometry exists (RowBlocks are read
 inside the task; a dask array's chunks are *bound* to the pass-1 results with
 :func:`dask.graph_manipulation.bind`, making fresh read tasks), so no block is
 held in memory between the passes and peak memory does not grow with N.  Both
-passes of every split share one ``dask.compute`` per epoch.  The library never creates a dask Client: it runs on
-``scheduler`` (a name or a Client), or on the Client the caller has made active.
+passes of every split share one ``dask.compute`` per epoch.  The library never
+creates a dask Client: it runs on ``scheduler`` (a name or a Client), or on the
+Client the caller has made active.
 """
 
 from __future__ import annotations

@@ -244,7 +244,8 @@ def test_local_runs_do_not_import_distributed(scheduler):
     code = (
         "import sys, numpy as np, ncanalysis\n"
         "x = np.random.default_rng(0).normal(size=(60, 4)); y = np.arange(60) % 3\n"
-        f"ds = ncanalysis.analyze_arrays({{'train': (x, y)}}, np.eye(3, 4), scheduler={scheduler})\n"
+        "ds = ncanalysis.analyze_arrays({'train': (x, y)}, np.eye(3, 4),\n"
+        f"                                scheduler={scheduler})\n"
         "assert int(ds.n_samples.values[0, 0]) == 60\n"
         "assert 'distributed' not in sys.modules, 'distributed imported'\n"
     )

@@ -205,7 +205,7 @@ def _scale(group: h5py.Group, dim: str, size: int) -> h5py.Dataset:
 
 @dataclasses.dataclass(frozen=True)
 class HDF5Proxy:
-    """A picklable stand-in for an HDF5 dataset, for ``dask.array.from_array``.
+    """A picklable stand-in for an HDF5 dataset, for RowBlocks and ``dask.array.from_array``.
 
     It holds only the file path, dataset name, shape and dtype; each read opens the
     file read-only inside the task (h5py objects cannot be pickled for

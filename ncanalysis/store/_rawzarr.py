@@ -32,9 +32,9 @@ __all__ = ["RawRowChunks", "raw_row_chunks"]
 class RawRowChunks:
     """A picklable, array-like view of a 2-D Zarr v3 array chunked by whole rows.
 
-    For ``dask.array.from_array``: ``reader[rows, columns]`` with slices returns
-    a numpy array.  It holds only the array's directory and layout, so a graph
-    that contains it can travel to dask.distributed workers.
+    For RowBlocks and ``dask.array.from_array``: ``reader[rows, columns]`` with
+    slices returns a numpy array.  It holds only the array's directory and
+    layout, so a graph that contains it can travel to dask.distributed workers.
     """
 
     directory: str

@@ -28,7 +28,7 @@ from .spec import (
     split_node,
 )
 
-if TYPE_CHECKING:  # dask.array takes ~0.5 s to import; the analyser does not need it
+if TYPE_CHECKING:  # dask.array takes ~0.5 s to import; reading a store does not need it
     import dask.array as da
 
     from ..sources import RowBlocks
@@ -157,7 +157,8 @@ class Store:
         info = self._features_info(epoch, split)
         row_bytes = self.num_features * info.dtype.itemsize
         rows = block_rows(info.chunks[0], row_bytes, rows_per_block, info.shape[0])
-        return RowBlocks.of(self._backend.row_source(f"{split_node(epoch, split)}/{FEATURES}"), rows)
+        source = self._backend.row_source(f"{split_node(epoch, split)}/{FEATURES}")
+        return RowBlocks.of(source, rows)
 
     def labels(self, epoch: int, split: str) -> np.ndarray:
         """Labels (N,), integers in 0..C-1."""
