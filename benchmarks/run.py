@@ -359,8 +359,6 @@ def engine_fingerprint() -> dict:
 
 
 def child(args: argparse.Namespace) -> dict:
-    import numpy as np
-
     t_start = time.perf_counter()
     malloc_env = {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}
     rate32 = gemm_rate("float32")
