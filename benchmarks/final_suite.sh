@@ -21,7 +21,7 @@ $py benchmarks/run.py --scale imagenet --scheduler distributed --epochs 1 --no-b
 # results to a JSON file, then into the store itself (the default), then the imports alone.
 for i in 1 2 3 4 5; do
   /usr/bin/time -f "ncanalysis run cifar10 epoch 0 --output json: %e s wall" \
-    ncanalysis run benchmarks/data/cifar10.zarr --epochs 0 --output "$out/cli-cifar10.json" \
+    ncanalysis run benchmarks/data/cifar10.zarr --epochs 0 --output "$(mktemp -d)/cli-cifar10.json" \
     --overwrite -q > /dev/null
   /usr/bin/time -f "ncanalysis run cifar10 epoch 0 (results in the store): %e s wall" \
     ncanalysis run benchmarks/data/cifar10.zarr --epochs 0 --overwrite -q > /dev/null

@@ -134,7 +134,8 @@ def _add_all(parts: list) -> Any:
     return sum(parts[1:], parts[0])
 
 
-def _block_rows(features: RowBlocks | da.Array) -> tuple[int, ...]:
+def _block_sizes(features: RowBlocks | da.Array) -> tuple[int, ...]:
+    """Rows in each block of a split's features."""
     return features.block_rows if isinstance(features, RowBlocks) else features.chunks[0]
 
 
@@ -167,7 +168,7 @@ def _block_inputs(
             features = bind(features, [after])
         dependencies.append(features)
         feature_args = [(features.name, i, 0) for i in range(features.numblocks[0])]
-    sizes = _block_rows(features)
+    sizes = _block_sizes(features)
     if is_dask_array(labels):
         # An explicit method: letting dask choose one imports dask.distributed (~0.4 s).
         labels = labels.rechunk((sizes,), method="tasks")
@@ -216,7 +217,7 @@ def _pass1(item: EpochInput, split: str, num_classes: int, **options: Any) -> De
     context = item.context(split)
     name = f"ncanalysis-sums-{uuid.uuid4().hex}"
     inputs, blocks, dependencies = _block_inputs(name, features, labels)
-    offsets = np.concatenate([[0], np.cumsum(_block_rows(features))[:-1]])
+    offsets = np.concatenate([[0], np.cumsum(_block_sizes(features))[:-1]])
     task = functools.partial(_class_sums_task, num_classes=num_classes, context=context)
     layer, total = _block_layer(name, task, blocks, [[int(o)] for o in offsets])
     layer.update(inputs)
