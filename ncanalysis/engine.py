@@ -221,7 +221,11 @@ def _pass1(item: EpochInput, split: str, num_classes: int, **options: Any) -> De
     task = functools.partial(_class_sums_task, num_classes=num_classes, context=context)
     layer, total = _block_layer(name, task, blocks, [[int(o)] for o in offsets])
     layer.update(inputs)
-    layer[name] = (functools.partial(stats.split_geometry, context=context, **options), total)
+    # The train split must hold every class; the others are analysed over the classes they have.
+    geometry = functools.partial(
+        stats.split_geometry, context=context, require_all=(split == "train"), **options
+    )
+    layer[name] = (geometry, total)
     graph = HighLevelGraph.from_collections(name, layer, dependencies=dependencies)
     return Delayed(name, graph)
 
@@ -382,7 +386,7 @@ def _to_dataset(
     shape2 = (len(epochs), len(splits))
     shape3 = shape2 + (num_classes,)
     data: dict[str, tuple] = {}
-    for name in SCALAR_METRICS + ("n_samples", "nc1_rank") + CLASS_METRICS:
+    for name in SCALAR_METRICS + metrics.COUNT_VARIABLES + CLASS_METRICS:
         per_class = name in CLASS_METRICS
         is_int = name in INT_VARIABLES
         values = np.full(shape3 if per_class else shape2, -1 if is_int else np.nan,

@@ -20,6 +20,7 @@ __all__ = [
     "SCALAR_METRICS",
     "CLASS_METRICS",
     "INT_VARIABLES",
+    "COUNT_VARIABLES",
     "split_metrics",
     "shape_metrics",
     "gram_matrix",
@@ -53,7 +54,16 @@ SCALAR_METRICS = (
 )
 
 #: Variables stored as int64 (missing values are -1, not NaN).
-INT_VARIABLES = ("n_samples", "nc1_rank", "class_count", "class_ncc_mismatch")
+INT_VARIABLES = (
+    "n_samples",
+    "nc1_rank",
+    "n_classes_present",
+    "class_count",
+    "class_ncc_mismatch",
+)
+
+#: Per (epoch, split) int64 values besides the metrics.
+COUNT_VARIABLES = ("n_samples", "nc1_rank", "n_classes_present")
 
 #: Per (epoch, split, class) values.
 CLASS_METRICS = (
@@ -152,6 +162,14 @@ def split_metrics(
 ) -> dict[str, float | int | np.ndarray]:
     """Every metric of one split from its merged statistics.
 
+    A split that misses classes is analysed over the C' classes it has
+    (METRICS.md, "Splits that miss classes"): the means-side metrics (nc1,
+    nc1_trace_ratio, cdnv, the shape metrics of the means, self_duality) use
+    only the present classes, and those rows of W for self_duality; accuracy,
+    loss and ncc_mismatch use every sample and all C decisions; per-class
+    values of absent classes are NaN (their counts 0).  With C' = 1 the metrics
+    that need two classes or Sigma_B (all means-side ones) are NaN.
+
     Parameters
     ----------
     geometry : SplitGeometry
@@ -169,35 +187,49 @@ def split_metrics(
     Returns
     -------
     dict
-        The names of :data:`SCALAR_METRICS` and :data:`CLASS_METRICS` plus
-        ``n_samples`` and ``nc1_rank``.
+        The names of :data:`SCALAR_METRICS`, :data:`CLASS_METRICS` and
+        :data:`COUNT_VARIABLES`.
     """
     weight = np.asarray(weight, dtype=np.float64)
     bias = np.asarray(bias, dtype=np.float64)
     if weight_shape is None:
         weight_shape = shape_metrics(gram_matrix(weight), "weights")
     num_classes = geometry.counts.shape[0]
+    present = geometry.present
+    num_present = geometry.num_present
     num_samples = geometry.num_samples
-    centred = geometry.centred
-    gram = geometry.centred_gram
-    within_var = scatter.sqnorm / geometry.counts
-    class_nc1 = scatter.nc1 / num_samples / num_classes
+    centred = geometry.centred[present]
+    gram = geometry.centred_gram[np.ix_(present, present)]
+    within_var = np.full(num_classes, np.nan)
+    within_var[present] = scatter.sqnorm[present] / geometry.counts[present]
     trace_within = scatter.sqnorm.sum() / num_samples
-    trace_between = np.trace(gram) / num_classes
     mismatch = scatter.ncc_mismatch.sum() / num_samples if ncc else np.nan
+    class_nc1 = np.full(num_classes, np.nan)
+    if num_present >= 2:
+        class_nc1[present] = scatter.nc1[present] / num_samples / num_present
+        means_side = {
+            "nc1": float(class_nc1[present].sum()),
+            "nc1_trace_ratio": float(trace_within / (np.trace(gram) / num_present)),
+            "cdnv": cdnv(gram, within_var[present]),
+            "self_duality": self_duality(weight[present], centred),
+            **shape_metrics(gram, "means"),
+        }
+    else:
+        # One class: no Sigma_B, no pairs, M~ = 0 (see docs/metrics.md).
+        means_side = {name: np.nan for name in _MEANS_SIDE}
+    class_mean_norm = np.full(num_classes, np.nan)
+    class_mean_norm[present] = np.sqrt(np.diag(gram))
     values: dict[str, float | int | np.ndarray] = {
-        "self_duality": self_duality(weight, centred),
+        **means_side,
         "ncc_mismatch": float(mismatch),
         "accuracy": float(scatter.correct.sum() / num_samples),
         "loss": float(scatter.loss.sum() / num_samples),
-        "nc1": float(class_nc1.sum()),
-        "nc1_trace_ratio": float(trace_within / trace_between),
-        "cdnv": cdnv(gram, within_var),
         "bias_collapse": float(np.linalg.norm(weight @ geometry.global_mean + bias)),
         "n_samples": num_samples,
         "nc1_rank": geometry.rank,
+        "n_classes_present": num_present,
         "class_count": geometry.counts.astype(np.int64),
-        "class_mean_norm": np.sqrt(np.diag(gram)),
+        "class_mean_norm": class_mean_norm,
         "class_weight_norm": np.linalg.norm(weight, axis=1),
         "class_nc1": class_nc1,
         "class_within_var": within_var,
@@ -205,6 +237,18 @@ def split_metrics(
             scatter.ncc_mismatch.astype(np.int64) if ncc else np.full(num_classes, -1)
         ),
     }
-    values.update(shape_metrics(gram, "means"))
     values.update(weight_shape)
     return values
+
+
+#: The metrics computed over the classes present in a split (NaN when C' = 1).
+_MEANS_SIDE = (
+    "nc1",
+    "nc1_trace_ratio",
+    "cdnv",
+    "self_duality",
+    "equinorm_means",
+    "equiangular_means",
+    "maxangle_means",
+    "etf_error_means",
+)

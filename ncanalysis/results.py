@@ -236,7 +236,7 @@ def _csv_columns() -> tuple[str, ...]:
     # or JSON results (``ncanalysis plot``) does not need.
     from .metrics import SCALAR_METRICS
 
-    return ("n_samples", "nc1_rank") + SCALAR_METRICS
+    return ("n_samples", "nc1_rank", "n_classes_present") + SCALAR_METRICS
 
 
 def to_csv_text(ds: xr.Dataset) -> str:

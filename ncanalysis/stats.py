@@ -128,9 +128,12 @@ class SplitGeometry:
     """Class means of a split and the spectrum of its between-class covariance.
 
     ``basis`` (d x r) is orthonormal and spans the centred means; ``eigenvalues``
-    (r,) are the nonzero eigenvalues of Sigma_B = M~ M~^T / C kept above
+    (r,) are the nonzero eigenvalues of Sigma_B = M~ M~^T / C' kept above
     ``pinv_rtol`` times the largest, so that Sigma_B^+ = basis diag(1/eig) basis^T.
     ``coordinates`` are the centred means in that basis, ``centred @ basis``.
+    Only the C' classes present in the split (``present``) enter; the rows of
+    ``means``, ``centred``, ``coordinates`` and ``separation`` of absent
+    classes, and their rows and columns of ``centred_gram``, are NaN.
     """
 
     counts: np.ndarray  # (C,) int64
@@ -153,6 +156,16 @@ class SplitGeometry:
         """N, the number of samples of the split."""
         return int(self.counts.sum())
 
+    @property
+    def present(self) -> np.ndarray:
+        """(C,) bool: the classes with at least one sample in the split."""
+        return self.counts > 0
+
+    @property
+    def num_present(self) -> int:
+        """C', the number of classes present in the split."""
+        return int(np.count_nonzero(self.counts))
+
 
 def split_geometry(
     sums: ClassSums,
@@ -160,45 +173,83 @@ def split_geometry(
     global_mean: str = "class",
     pinv_rtol: float = 1e-10,
     context: str = "",
+    require_all: bool = False,
 ) -> SplitGeometry:
     """Means, centred means and the pseudo-inverse spectrum of Sigma_B.
 
-    The spectrum comes from the C x C Gram matrix ``M~^T M~ / C`` in float64,
+    Only the C' classes present in the split (n_c > 0) enter: mu_G is the mean
+    of their means (or of all samples, ``global_mean="sample"``) and Sigma_B =
+    M~ M~^T / C' over them (METRICS.md, "Splits that miss classes").  The
+    spectrum comes from the C' x C' Gram matrix ``M~^T M~ / C'`` in float64,
     whose nonzero eigenvalues are those of Sigma_B; unit eigenvectors of Sigma_B
-    are ``u_k = M~ v_k / sqrt(C lambda_k)``.
+    are ``u_k = M~ v_k / sqrt(C' lambda_k)``.  Rows (and Gram rows and columns)
+    of absent classes are NaN.  With C' = 1 there is no between-class spread:
+    the spectrum is empty (rank 0) and the metrics that need two classes are NaN.
+
+    Parameters
+    ----------
+    sums : ClassSums
+        The merged pass-1 statistics of the split.
+    global_mean : {"class", "sample"}
+    pinv_rtol : float
+        Relative tolerance of the kept eigenvalues.
+    context : str
+        Source, epoch and split, for error messages.
+    require_all : bool
+        Every class must have a sample (the train split: its means define NCC).
 
     Raises
     ------
     InputError
-        A class without samples, or no between-class spread at all.
+        A class without samples when ``require_all``, a split without samples,
+        or present classes (two or more) whose means are all equal.
     """
     counts = sums.counts
-    empty = np.flatnonzero(counts == 0)
-    if empty.size:
+    present = counts > 0
+    absent = np.flatnonzero(~present)
+    if require_all and absent.size:
         raise InputError(
-            f"{context}: class(es) {empty.tolist()} have no samples; every class needs "
-            "at least one sample in every split"
+            f"{context}: class(es) {absent.tolist()} have no samples; the train split must "
+            "hold every class (its class means define the NCC rule)"
         )
-    num_classes = counts.shape[0]
-    means = sums.sums / counts[:, None]
+    num_present = int(present.sum())
+    if num_present == 0:
+        raise InputError(f"{context}: the split has no samples")
+    num_classes, dim = sums.sums.shape
+    means = np.full((num_classes, dim), np.nan)
+    means[present] = sums.sums[present] / counts[present, None]
     if global_mean == "class":
-        mu_g = means.mean(axis=0)
+        mu_g = means[present].mean(axis=0)
     elif global_mean == "sample":
         mu_g = sums.sums.sum(axis=0) / counts.sum()
     else:
         raise InputError(f"global_mean must be one of {GLOBAL_MEAN_CHOICES}, not {global_mean!r}")
     centred = means - mu_g
-    centred_gram = centred @ centred.T
-    eigenvalues, eigenvectors = np.linalg.eigh(centred_gram / num_classes)
+    centred_present = centred[present]
+    gram_present = centred_present @ centred_present.T
+    centred_gram = np.full((num_classes, num_classes), np.nan)
+    centred_gram[np.ix_(present, present)] = gram_present
+    eigenvalues, eigenvectors = np.linalg.eigh(gram_present / num_present)
     order = np.argsort(eigenvalues)[::-1]
     eigenvalues, eigenvectors = eigenvalues[order], eigenvectors[:, order]
     top = eigenvalues[0]
-    if not top > 0:
+    if num_present == 1:
+        # One class: mu_G is its mean (either definition), Sigma_B = 0 and NC1 is undefined.
+        keep = np.zeros(1, dtype=bool)
+    elif not top > 0:
         raise InputError(f"{context}: all class means are equal; Sigma_B is zero")
-    keep = eigenvalues > pinv_rtol * top
+    else:
+        keep = eigenvalues > pinv_rtol * top
     kept_values, kept_vectors = eigenvalues[keep], eigenvectors[:, keep]
-    scale = np.sqrt(num_classes * kept_values)
-    basis = centred.T @ (kept_vectors / scale)
+    scale = np.sqrt(num_present * kept_values)
+    basis = centred_present.T @ (kept_vectors / scale)
+    # centred @ basis = C' * gram @ V / sqrt(C' lambda) = V sqrt(C' lambda): no GEMM.
+    coordinates = np.full((num_classes, kept_values.shape[0]), np.nan)
+    coordinates[present] = kept_vectors * scale
+    separation = np.full(num_classes, np.nan)
+    separation[present] = _separation(
+        gram_present, num_present * np.abs(eigenvalues[~keep]).sum(), dim
+    )
     return SplitGeometry(
         counts=counts,
         means=means,
@@ -207,11 +258,8 @@ def split_geometry(
         centred_gram=centred_gram,
         eigenvalues=kept_values,
         basis=basis,
-        # centred @ basis = C * gram @ V / sqrt(C lambda) = V sqrt(C lambda): no GEMM.
-        coordinates=kept_vectors * scale,
-        separation=_separation(
-            centred_gram, num_classes * np.abs(eigenvalues[~keep]).sum(), centred.shape[1]
-        ),
+        coordinates=coordinates,
+        separation=separation,
     )
 
 
@@ -304,6 +352,9 @@ def block_plan(
         both NC1 and NCC and the GEMM is one basis narrower.
     """
     dtype = np.dtype(gemm_dtype)
+    # Absent classes have NaN means; no sample carries their label, so their rows
+    # of the per-class offsets are never read: zeros keep the plan finite.
+    means = np.where(geometry.present[:, None], geometry.means, 0.0)
     weight64 = np.asarray(weight, dtype=np.float64)
     bias64 = np.asarray(bias, dtype=np.float64)
     blocks = [geometry.basis]
@@ -324,13 +375,13 @@ def block_plan(
         # Projected centred train means, M~_train^T U_train.
         train_centred_proj = train.coordinates
         ncc_offsets = (
-            train.coordinates if is_train else (geometry.means - train.global_mean) @ ncc_basis
+            train.coordinates if is_train else (means - train.global_mean) @ ncc_basis
         )
     logit_start = sum(b.shape[1] for b in blocks)
     blocks.append(weight64.T)
     projection = np.ascontiguousarray(np.concatenate(blocks, axis=1), dtype=dtype)
     return BlockPlan(
-        means=geometry.means,
+        means=means,
         projection=projection,
         inv_eigenvalues=1.0 / geometry.eigenvalues,
         ncc_start=ncc_start,
@@ -339,7 +390,7 @@ def block_plan(
         train_means_sqnorm=np.einsum("ij,ij->i", train_centred_proj, train_centred_proj),
         train_separation=np.zeros(0) if train is None else train.separation,
         logit_start=logit_start,
-        logit_offsets=np.ascontiguousarray(geometry.means @ weight64.T + bias64),
+        logit_offsets=np.ascontiguousarray(means @ weight64.T + bias64),
         weight=np.ascontiguousarray(weight64),
         bias=bias64,
         train_means=np.ascontiguousarray(train_means),
