@@ -63,7 +63,7 @@ SCALAR_METRICS = (
 )
 
 #: Integer metrics with dimensions (epoch, split).
-COUNT_METRICS = ("n_samples", "nc1_rank")
+COUNT_METRICS = ("n_samples", "nc1_rank", "n_classes_present")
 
 #: Float metrics with dimensions (epoch, split, class).
 CLASS_FLOAT_METRICS = (
@@ -112,6 +112,9 @@ def class_statistics(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Class counts, class means and within-class variances, one class at a time.
 
+    A class without samples gets count 0 and NaN mean and variance (METRICS.md,
+    "Splits that miss classes").
+
     Parameters
     ----------
     features : ndarray, shape (N, d), float64
@@ -135,7 +138,9 @@ def class_statistics(
     for c in range(num_classes):
         members = features[labels == c]
         if members.shape[0] == 0:
-            raise ValueError(f"class {c} has no samples")
+            means[c] = np.nan
+            within_var[c] = np.nan
+            continue
         counts[c] = members.shape[0]
         means[c] = members.mean(axis=0)
         residuals = members - means[c]
@@ -147,6 +152,9 @@ def centred_means(
     features: np.ndarray, means: np.ndarray, global_mean: str = "class"
 ) -> tuple[np.ndarray, np.ndarray]:
     """Global mean mu_G and the centred-means matrix M~ (d x C).
+
+    Only the classes present (rows of ``means`` that are not NaN) define mu_G
+    with ``"class"``; the columns of absent classes are NaN.
 
     Parameters
     ----------
@@ -164,7 +172,8 @@ def centred_means(
         Column c is mu_c - mu_G.
     """
     if global_mean == "class":
-        mu_g = sum(means[c] for c in range(means.shape[0])) / means.shape[0]
+        present = [c for c in range(means.shape[0]) if not np.isnan(means[c]).any()]
+        mu_g = sum(means[c] for c in present) / len(present)
     elif global_mean == "sample":
         mu_g = features.mean(axis=0)
     else:
@@ -330,6 +339,9 @@ def reference_metrics(
         Definition of mu_G.
     pinv_rtol : float
         Relative eigenvalue tolerance of the pseudo-inverse of Sigma_B.
+        A split other than ``ncc_reference`` may miss classes: its means-side
+        metrics use only the C' classes it has (``n_classes_present``), NaN when
+        C' = 1, and the per-class values of absent classes are NaN (counts 0).
     ncc_reference : str
         Split whose class means define the nearest-class-centre rule (NC4).
         When it is absent, ``ncc_mismatch`` is NaN and ``class_ncc_mismatch``
@@ -356,50 +368,45 @@ def reference_metrics(
     ncc_centres = None
     if ncc_reference in data:
         ref_features, ref_labels = data[ncc_reference]
-        _, ncc_centres, _ = class_statistics(ref_features, ref_labels, num_classes)
+        ref_counts, ncc_centres, _ = class_statistics(ref_features, ref_labels, num_classes)
+        if (ref_counts == 0).any():
+            raise ValueError(f"the {ncc_reference!r} split misses classes")
 
     # Quantities that depend on W only.
     weight_norms = np.array([np.linalg.norm(w[c]) for c in range(num_classes)])
     cos_w = cosine_matrix(w)
+    nan = float("nan")
 
     results: dict[str, dict[str, Any]] = {}
     for name, (h, y) in data.items():
         n = h.shape[0]
         counts, means, within_var = class_statistics(h, y, num_classes)
+        # Only the C' classes present in the split enter the means-side metrics.
+        present = [c for c in range(num_classes) if counts[c] > 0]
+        c_present = len(present)
         mu_g, m_tilde = centred_means(h, means, global_mean)
+        m_present = m_tilde[:, present]
 
         sigma_w = within_class_covariance(h, y, means)
-        sigma_b = between_class_covariance(m_tilde)
+        sigma_b = between_class_covariance(m_present)  # (1/C') sum over present classes
         sigma_b_pinv, rank = psd_pseudo_inverse(sigma_b, pinv_rtol)
 
-        # NC1 and its per-class shares.
-        nc1 = float(np.trace(sigma_w @ sigma_b_pinv) / num_classes)
-        class_nc1 = np.zeros(num_classes)
-        for c in range(num_classes):
+        # NC1 and its per-class shares (absent classes: NaN).
+        class_nc1 = np.full(num_classes, np.nan)
+        mean_norms = np.full(num_classes, np.nan)
+        for c in present:
             residuals = h[y == c] - means[c]
             quad = np.einsum("id,de,ie->i", residuals, sigma_b_pinv, residuals)
-            class_nc1[c] = quad.sum() / n / num_classes
+            class_nc1[c] = quad.sum() / n / c_present
+            mean_norms[c] = np.linalg.norm(m_tilde[:, c])
 
-        # NC2 on the means.
-        mean_norms = np.array([np.linalg.norm(m_tilde[:, c]) for c in range(num_classes)])
-        cos_mu = cosine_matrix(m_tilde.T)
-
-        # NC3.
-        self_duality = float(
-            np.linalg.norm(
-                w.T / np.linalg.norm(w, "fro") - m_tilde / np.linalg.norm(m_tilde, "fro"),
-                "fro",
-            )
-            ** 2
-        )
-
-        # Network decision, accuracy, loss.
+        # Network decision, accuracy, loss: every sample, all C classes.
         logits = h @ w.T + b
         predictions = network_predictions(logits)
         accuracy = float(np.mean(predictions == y))
         loss = mean_cross_entropy(logits, y)
 
-        # NC4 with the reference split's class means.
+        # NC4 with the reference split's class means (all C of them).
         if ncc_centres is not None:
             mismatch = nearest_class_centre(h, ncc_centres) != predictions
             ncc_mismatch = float(np.mean(mismatch))
@@ -410,33 +417,54 @@ def reference_metrics(
             ncc_mismatch = float("nan")
             class_ncc = np.full(num_classes, -1, dtype=np.int64)
 
-        # Companion metrics.
-        cdnv_pairs = [
-            (within_var[c] + within_var[k]) / (2.0 * np.sum((means[c] - means[k]) ** 2))
-            for c in range(num_classes)
-            for k in range(num_classes)
-            if c != k
-        ]
+        if c_present >= 2:
+            mean_norms_present = mean_norms[present]
+            cos_mu = cosine_matrix(m_present.T)
+            w_present = w[present]
+            cdnv_pairs = [
+                (within_var[c] + within_var[k]) / (2.0 * np.sum((means[c] - means[k]) ** 2))
+                for c in present
+                for k in present
+                if c != k
+            ]
+            means_side = {
+                "nc1": float(np.trace(sigma_w @ sigma_b_pinv) / c_present),
+                "equinorm_means": _std_over_avg(mean_norms_present),
+                "equiangular_means": float(np.std(pair_values(cos_mu), ddof=0)),
+                "maxangle_means": _maxangle(cos_mu),
+                "self_duality": float(
+                    np.linalg.norm(
+                        w_present.T / np.linalg.norm(w_present, "fro")
+                        - m_present / np.linalg.norm(m_present, "fro"),
+                        "fro",
+                    )
+                    ** 2
+                ),
+                "nc1_trace_ratio": float(np.trace(sigma_w) / np.trace(sigma_b)),
+                "cdnv": float(np.mean(cdnv_pairs)),
+                "etf_error_means": etf_error(m_present.T @ m_present),
+            }
+        else:
+            # One class: Sigma_B = 0, no pairs, M~ = 0: these are undefined.
+            means_side = dict.fromkeys(
+                ("nc1", "equinorm_means", "equiangular_means", "maxangle_means",
+                 "self_duality", "nc1_trace_ratio", "cdnv", "etf_error_means"),
+                nan,
+            )
 
         results[name] = {
-            "nc1": nc1,
-            "equinorm_means": _std_over_avg(mean_norms),
+            **means_side,
             "equinorm_weights": _std_over_avg(weight_norms),
-            "equiangular_means": float(np.std(pair_values(cos_mu), ddof=0)),
             "equiangular_weights": float(np.std(pair_values(cos_w), ddof=0)),
-            "maxangle_means": _maxangle(cos_mu),
             "maxangle_weights": _maxangle(cos_w),
-            "self_duality": self_duality,
             "ncc_mismatch": ncc_mismatch,
             "accuracy": accuracy,
             "loss": loss,
-            "nc1_trace_ratio": float(np.trace(sigma_w) / np.trace(sigma_b)),
-            "cdnv": float(np.mean(cdnv_pairs)),
-            "etf_error_means": etf_error(m_tilde.T @ m_tilde),
             "etf_error_weights": etf_error(w @ w.T),
             "bias_collapse": float(np.linalg.norm(w @ mu_g + b)),
             "n_samples": int(n),
             "nc1_rank": int(rank),
+            "n_classes_present": int(c_present),
             "class_count": counts,
             "class_mean_norm": mean_norms,
             "class_weight_norm": weight_norms.copy(),
@@ -525,9 +553,15 @@ def split_mismatches(
         if a.shape != e.shape:
             problems.append(f"{name}: shape {a.shape}, reference {e.shape}")
             continue
-        floor = atol * float(np.sum(np.abs(e))) if name in ("class_nc1", "class_within_var") else atol
+        if not np.array_equal(np.isnan(a), np.isnan(e)):
+            problems.append(
+                f"{name}: NaN at classes {np.flatnonzero(np.isnan(a)).tolist()}, reference "
+                f"{np.flatnonzero(np.isnan(e)).tolist()}"
+            )
+            continue
+        floor = atol * float(np.nansum(np.abs(e))) if name in ("class_nc1", "class_within_var") else atol
         err = np.abs(a - e)
-        bad = ~(err <= floor + rtol * np.abs(e))
+        bad = ~(err <= floor + rtol * np.abs(e)) & ~np.isnan(e)
         if bad.any():
             relative = err / np.maximum(np.abs(e), 1e-300)
             worst = int(np.argmax(np.where(bad, relative, 0)))

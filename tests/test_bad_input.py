@@ -62,7 +62,9 @@ def test_class_without_samples_in_a_split():
     x, y = splits[SPLIT]
     keep = y != 2
     splits[SPLIT] = (x[keep], y[keep])
-    raises_input_error(splits, w, b, SPLIT, r"class", r"\b2\b", r"no samples|empty|missing|absent|0 samples|none")
+    # Not an error since METRICS.md v2: analysed over its classes (tests/test_missing_classes.py).
+    ds = ncanalysis.analyze_arrays(splits, w, b)
+    assert int(ds["n_classes_present"].sel(split=SPLIT).item()) == C - 1
 
 
 def test_class_without_samples_in_train():
