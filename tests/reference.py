@@ -395,10 +395,11 @@ def reference_metrics(
         class_nc1 = np.full(num_classes, np.nan)
         mean_norms = np.full(num_classes, np.nan)
         for c in present:
-            residuals = h[y == c] - means[c]
-            quad = np.einsum("id,de,ie->i", residuals, sigma_b_pinv, residuals)
-            class_nc1[c] = quad.sum() / n / c_present
             mean_norms[c] = np.linalg.norm(m_tilde[:, c])
+            if c_present >= 2:  # NC1 needs Sigma_B, i.e. two classes
+                residuals = h[y == c] - means[c]
+                quad = np.einsum("id,de,ie->i", residuals, sigma_b_pinv, residuals)
+                class_nc1[c] = quad.sum() / n / c_present
 
         # Network decision, accuracy, loss: every sample, all C classes.
         logits = h @ w.T + b
