@@ -604,6 +604,10 @@ def merge_results(old: xr.Dataset, new: xr.Dataset) -> xr.Dataset:
     if "class" in new.dims and "class" not in old.dims:
         # Old results read from CSV keep no per-class variables; neither can the merge.
         new = new.drop_dims("class")
+    if "n_classes_present" in new.data_vars and "n_classes_present" not in old.data_vars:
+        # Results made before splits could miss classes: every analysed split had all C.
+        old = old.assign(n_classes_present=xr.where(
+            old["n_samples"] >= 0, int(old.attrs["num_classes"]), -1).astype(np.int64))
     repeated = np.intersect1d(old["epoch"].values, new["epoch"].values)
     old = old.drop_sel(epoch=repeated)
     if old.sizes["epoch"] == 0:

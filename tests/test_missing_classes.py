@@ -255,3 +255,17 @@ def test_store_with_a_split_missing_classes(tmp_path):
         )
     merged = results.merge_results(ds.sel(epoch=[0]), ds.sel(epoch=[1]))
     np.testing.assert_array_equal(merged["n_classes_present"].values, [[4, 3], [4, 3]])
+
+
+def test_merge_with_results_made_before_n_classes_present():
+    """Old results lack the variable; their analysed splits held every class."""
+    p = problem()
+    old = ncanalysis.analyze_arrays({"train": p.splits["train"]}, p.weight, p.bias, epoch=0)
+    old = old.drop_vars("n_classes_present")
+    splits = {"train": p.splits["train"], "test": drop_classes(p.splits["test"], [5])}
+    new = ncanalysis.analyze_arrays(splits, p.weight, p.bias, epoch=1)
+    merged = results.merge_results(old, new)
+    assert merged["n_classes_present"].dtype == np.int64
+    np.testing.assert_array_equal(
+        merged["n_classes_present"].transpose("epoch", "split").values, [[C, -1], [C, C - 1]]
+    )
