@@ -269,3 +269,31 @@ def test_merge_with_results_made_before_n_classes_present():
     np.testing.assert_array_equal(
         merged["n_classes_present"].transpose("epoch", "split").values, [[C, -1], [C, C - 1]]
     )
+
+
+def test_means_side_equals_the_problem_without_the_absent_classes():
+    """The means-side values of a split missing classes are those of a C'-class problem.
+
+    Drop the absent classes everywhere (labels renumbered, their rows of W and b
+    removed): the split's means-side metrics and present classes' values must not
+    change, while accuracy and ncc_mismatch may (they use all C classes).
+    """
+    p = problem(seed=8)
+    missing = [0, 3]
+    present = [c for c in range(C) if c not in missing]
+    renumber = np.full(C, -1)
+    renumber[present] = np.arange(len(present))
+    test = drop_classes(p.splits["test"], missing)
+    full = ncanalysis.analyze_arrays({"train": p.splits["train"], "test": test},
+                                     p.weight, p.bias, gemm_dtype="float64")
+    x_train, y_train = drop_classes(p.splits["train"], missing)
+    small = ncanalysis.analyze_arrays(
+        {"train": (x_train, renumber[y_train]), "test": (test[0], renumber[test[1]])},
+        p.weight[present], p.bias[present], gemm_dtype="float64",
+    )
+    a, b = full.sel(split="test", epoch=0), small.sel(split="test", epoch=0)
+    for name in MEANS_SIDE + ("nc1_rank", "n_classes_present"):
+        assert np.isclose(a[name].item(), b[name].item(), rtol=1e-9, atol=1e-13), name
+    for name in ("class_mean_norm", "class_nc1", "class_within_var", "class_count"):
+        np.testing.assert_allclose(a[name].values[present], b[name].values, rtol=1e-9,
+                                   atol=1e-13, err_msg=name)
