@@ -183,6 +183,9 @@ def class_residuals(
     dtype of ``residuals``: late in training the residual is 1e-3 to 1e-4 of the
     feature norm, and subtracting after a low-precision product would cancel.
 
+    Features are finite here (pass 1 rejects NaN and inf); a NaN that got
+    through anyway makes the row's and its class's squared norms NaN.
+
     Parameters
     ----------
     features : ndarray, shape (B, d), float32, float64 or uint16 (float16 bits)
@@ -373,7 +376,8 @@ def ncc_decisions(
     ``scores[i, c] = <p_i, m_c>`` for the projected centred feature p_i and the
     projected centred train mean m_c, so ``||p_i - m_c||^2 = ||p_i||^2 +
     ||m_c||^2 - 2 scores[i, c]``; the first term is the same for every class and
-    is left out.  Ties go to the lowest class index.
+    is left out.  Ties go to the lowest class index.  Inputs are finite (pass 1
+    checks the features, the engine the classifier); NaN is not looked for here.
 
     Parameters
     ----------
@@ -414,6 +418,7 @@ def exact_decisions(features, weight, bias, train_means, decisions, nearest):  #
     Used for the rows that the fast path flagged as too close to call: logits
     ``<w_c, h> + b_c`` and squared distances ``||h - mu_c||^2`` summed term by
     term, so that mathematically equal values come out equal.
+    Inputs are finite, as for :func:`ncc_decisions`.
 
     Parameters
     ----------
