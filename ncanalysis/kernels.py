@@ -18,6 +18,8 @@ flagged and decided again exactly by :func:`exact_decisions`.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numba
 import numpy as np
 from llvmlite import ir
@@ -28,6 +30,8 @@ __all__ = [
     "kernel_input",
     "class_sums",
     "class_residuals",
+    "ScatterPlan",
+    "ScatterOutputs",
     "scatter_logits",
     "ncc_decisions",
     "exact_decisions",
@@ -179,6 +183,9 @@ def class_residuals(
     dtype of ``residuals``: late in training the residual is 1e-3 to 1e-4 of the
     feature norm, and subtracting after a low-precision product would cancel.
 
+    Features are finite here (pass 1 rejects NaN and inf); a NaN that got
+    through anyway makes the row's and its class's squared norms NaN.
+
     Parameters
     ----------
     features : ndarray, shape (B, d), float32, float64 or uint16 (float16 bits)
@@ -201,28 +208,76 @@ def class_residuals(
         row_sqnorm[i] = acc
 
 
+class ScatterPlan(NamedTuple):
+    """The read-only inputs of :func:`scatter_logits`, fixed for a split and epoch.
+
+    A named tuple is a numba type of its own (one field per attribute, read
+    without overhead in compiled code), so the kernel takes one argument here
+    instead of eight.
+
+    Attributes
+    ----------
+    inv_eigenvalues : ndarray, shape (r,), float64
+        1 / lambda_k of the kept eigenpairs of the split's Sigma_B.
+    ncc_start : int
+        First column of the train-basis projections in ``products``.
+    ncc_offsets : ndarray, shape (C, r_t), float64 (r_t may be 0)
+        Added to a row's train-basis projections by its label.
+    train_means_projected : ndarray, shape (C, r_t)
+        The projected centred train means m_c.
+    logit_start : int
+        First column of the logits in ``products``.
+    logit_offsets : ndarray, shape (C, C), float64
+        Added to a row's logit columns by its label (``W mu_y + b``).
+    weight_norm : float
+        max_c ||w_c||.
+    tie_scale : float
+        Relative round-off bound: a row whose two largest logits are closer
+        than ``tie_scale * (||residual|| max_c ||w_c|| + |top|)`` is flagged
+        for an exact float64 decision.
+    """
+
+    inv_eigenvalues: np.ndarray
+    ncc_start: int
+    ncc_offsets: np.ndarray
+    train_means_projected: np.ndarray
+    logit_start: int
+    logit_offsets: np.ndarray
+    weight_norm: float
+    tie_scale: float
+
+
+class ScatterOutputs(NamedTuple):
+    """The arrays that :func:`scatter_logits` writes or adds to (B rows, C classes).
+
+    Attributes
+    ----------
+    projected : ndarray, shape (B, r_t), written
+        Each row's centred feature projected onto the train basis, p.
+    projected_sqnorm, centre_sqdist : ndarray, shape (B,), float64, written
+        ||p||^2 and ||p - m_y||^2.
+    decisions : ndarray, shape (B,), int64, written
+        Argmax of the logits (ties to the lowest index).
+    recheck : ndarray, shape (B,), bool
+        Set where a decision is too close to call (never cleared).
+    class_nc1, class_loss : ndarray, shape (C,), float64, added to
+        NC1 terms and cross-entropy, by true label.
+    logits : ndarray, shape (C,), float64
+        Scratch space for one row.
+    """
+
+    projected: np.ndarray
+    projected_sqnorm: np.ndarray
+    centre_sqdist: np.ndarray
+    decisions: np.ndarray
+    recheck: np.ndarray
+    class_nc1: np.ndarray
+    class_loss: np.ndarray
+    logits: np.ndarray
+
+
 @_jit_sum
-def scatter_logits(
-    products,
-    labels,
-    inv_eigenvalues,
-    ncc_start,
-    ncc_offsets,
-    train_means_projected,
-    projected,
-    projected_sqnorm,
-    centre_sqdist,
-    logit_start,
-    logit_offsets,
-    class_nc1,
-    class_loss,
-    decisions,
-    logits,
-    row_sqnorm,
-    weight_norm,
-    tie_scale,
-    recheck,
-):  # pragma: no cover - compiled
+def scatter_logits(products, labels, row_sqnorm, plan, out):  # pragma: no cover - compiled
     """Turn one block's GEMM output into NC1 terms, NCC inputs and logit decisions.
 
     ``products`` holds, per row, the residual times ``[U_s | U_train | W^T]``
@@ -233,34 +288,38 @@ def scatter_logits(
       between-class basis; ``sum_k R_k^2 / lambda_k`` is the row's NC1 term;
     - columns ``ncc_start..ncc_start+r_t-1`` plus ``ncc_offsets[y]``: the row's
       centred feature p projected onto the train basis (written to
-      ``projected``), with ||p||^2 and the squared distance ||p - m_y||^2 to its
-      own projected train class centre (for the NCC shortcut of the caller);
+      ``out.projected``), with ||p||^2 and the squared distance ||p - m_y||^2
+      to its own projected train class centre (for the NCC shortcut of the caller);
     - columns ``logit_start..`` plus ``logit_offsets[y]``: the logits W h + b.
+
+    Inputs are finite (pass 1 rejects NaN and inf features, the engine checks
+    the classifier); a NaN that got through anyway turns the class's NC1 and
+    loss sums into NaN rather than vanishing.
 
     Parameters
     ----------
     products : ndarray, shape (B, K), float32 or float64
-    labels : ndarray, shape (B,)
-    inv_eigenvalues : ndarray, shape (r,), float64
-    ncc_start : int
-    ncc_offsets : ndarray, shape (C, r_t), float64 (r_t may be 0)
-    train_means_projected : ndarray, shape (C, r_t), the m_c
-    projected : ndarray, shape (B, r_t), written
-    projected_sqnorm, centre_sqdist : ndarray, shape (B,), float64, written
-    logit_start : int
-    logit_offsets : ndarray, shape (C, C), float64
-    class_nc1, class_loss : ndarray, shape (C,), float64, updated in place
-    decisions : ndarray, shape (B,), int64, written with argmax of the logits
-        (ties to the lowest index)
-    logits : ndarray, shape (C,), float64, scratch space for one row
-    row_sqnorm : ndarray, shape (B,), squared residual norms
-    weight_norm : float, max_c ||w_c||
-    tie_scale : float
-        Relative round-off bound: a row whose two largest logits are closer
-        than ``tie_scale * (||residual|| max_c ||w_c|| + |top|)`` is flagged
-        in ``recheck`` for an exact float64 decision.
-    recheck : ndarray, shape (B,), bool, set where a decision is too close to call
+    labels : ndarray, shape (B,), integer in ``0..C-1``
+    row_sqnorm : ndarray, shape (B,), squared residual norms (for the round-off bound)
+    plan : ScatterPlan
+    out : ScatterOutputs
     """
+    inv_eigenvalues = plan.inv_eigenvalues
+    ncc_start = plan.ncc_start
+    ncc_offsets = plan.ncc_offsets
+    train_means_projected = plan.train_means_projected
+    logit_start = plan.logit_start
+    logit_offsets = plan.logit_offsets
+    weight_norm = plan.weight_norm
+    tie_scale = plan.tie_scale
+    projected = out.projected
+    projected_sqnorm = out.projected_sqnorm
+    centre_sqdist = out.centre_sqdist
+    decisions = out.decisions
+    recheck = out.recheck
+    class_nc1 = out.class_nc1
+    class_loss = out.class_loss
+    logits = out.logits
     rank = inv_eigenvalues.shape[0]
     n_proj = ncc_offsets.shape[1]
     n_classes = logit_offsets.shape[1]
@@ -317,7 +376,8 @@ def ncc_decisions(
     ``scores[i, c] = <p_i, m_c>`` for the projected centred feature p_i and the
     projected centred train mean m_c, so ``||p_i - m_c||^2 = ||p_i||^2 +
     ||m_c||^2 - 2 scores[i, c]``; the first term is the same for every class and
-    is left out.  Ties go to the lowest class index.
+    is left out.  Ties go to the lowest class index.  Inputs are finite (pass 1
+    checks the features, the engine the classifier); NaN is not looked for here.
 
     Parameters
     ----------
@@ -358,6 +418,7 @@ def exact_decisions(features, weight, bias, train_means, decisions, nearest):  #
     Used for the rows that the fast path flagged as too close to call: logits
     ``<w_c, h> + b_c`` and squared distances ``||h - mu_c||^2`` summed term by
     term, so that mathematically equal values come out equal.
+    Inputs are finite, as for :func:`ncc_decisions`.
 
     Parameters
     ----------

@@ -94,13 +94,27 @@ def test_distributed_store_run(stores, cluster_client):
         assert_same_results(local, remote)
 
 
-def test_tpt_start_epoch_marks_first_perfect_train_accuracy(stores):
-    root, _ = stores
-    result = ncanalysis.analyze(root / "run.zarr")
-    accuracy = result.accuracy.sel(split="train").values
-    perfect = np.flatnonzero(accuracy == 1.0)
-    expected = int(result.epoch.values[perfect[0]]) if perfect.size else -1
-    assert result.attrs["tpt_start_epoch"] == expected
+def test_tpt_start_epoch_marks_first_perfect_train_accuracy(tmp_path):
+    # Well separated classes (means 10 e_c, noise 0.1); by construction, train accuracy is
+    # 0 at epoch 0 (negated classifier), 1 at epochs 1 and 3, 1/c at epoch 2 (a bias for
+    # class 0), and test labels are off by one class (test accuracy 0): TPT starts at 1.
+    c, d = 4, 8
+    rng = np.random.default_rng(0)
+    means = 10.0 * np.eye(c, d)
+    labels = np.arange(40) % c
+    features = (means[labels] + 0.1 * rng.normal(size=(40, d))).astype(np.float32)
+    classifiers = {0: (-means, np.zeros(c)), 1: (means, np.zeros(c)),
+                   2: (means, np.array([1e3, 0, 0, 0])), 3: (means, np.zeros(c))}
+    with create_store(tmp_path / "tpt.zarr", num_classes=c, num_features=d) as writer:
+        for epoch, (weight, bias) in classifiers.items():
+            ep = writer.begin_epoch(epoch)
+            ep.write_split("train", features, labels)
+            ep.write_split("test", features, (labels + 1) % c)
+            ep.write_classifier(weight, bias)
+            ep.finalize()
+    result = ncanalysis.analyze(tmp_path / "tpt.zarr")
+    np.testing.assert_array_equal(result.accuracy.sel(split="train"), [0.0, 1.0, 0.25, 1.0])
+    assert result.attrs["tpt_start_epoch"] == 1
 
 
 MEMORY_CAP = 450 * 2**20

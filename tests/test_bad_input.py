@@ -15,7 +15,6 @@ import dask.array as da
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
 
 import synthetic as syn  # noqa: E402
 

@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 import xarray as xr
 
-sys.path.insert(0, os.path.dirname(__file__))
 
 from cli_helpers import (  # noqa: E402
     C,

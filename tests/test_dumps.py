@@ -11,7 +11,6 @@ import pytest
 import xarray as xr
 import zarr
 
-sys.path.insert(0, os.path.dirname(__file__))
 
 from cli_helpers import epoch_arrays  # noqa: E402
 

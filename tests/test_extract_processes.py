@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(__file__))
 import extract_workers as workers  # noqa: E402
 
 from ncanalysis.errors import IncompleteEpochError, StoreFormatError  # noqa: E402

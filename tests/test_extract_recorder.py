@@ -14,7 +14,6 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-sys.path.insert(0, os.path.dirname(__file__))
 import extract_workers as workers  # noqa: E402
 
 from ncanalysis.errors import NCAnalysisError  # noqa: E402

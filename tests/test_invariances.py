@@ -22,7 +22,6 @@ import numpy as np
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-sys.path.insert(0, os.path.dirname(__file__))
 
 import reference as ref  # noqa: E402
 import synthetic as syn  # noqa: E402

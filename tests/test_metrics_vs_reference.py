@@ -20,7 +20,6 @@ import dask.array as da
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
 
 import reference as ref  # noqa: E402
 import synthetic as syn  # noqa: E402

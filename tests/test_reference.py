@@ -14,7 +14,6 @@ import sys
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
 
 import reference as ref  # noqa: E402
 import synthetic as syn  # noqa: E402
