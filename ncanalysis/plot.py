@@ -16,11 +16,12 @@ started.  The plotted values are exactly the Dataset's values: NaN (a split
 absent from an epoch) leaves a gap.
 
 Quantities that reach exactly 0 and matter down to their last decades (the
-error 1 - accuracy, self-duality, the NCC mismatch) are drawn on a symmetric
-log axis (matplotlib's ``symlog``): logarithmic from the decade of the smallest
-nonzero value plotted upward, linear below it, so that 0 itself sits at the
-bottom of the axis with a tick labelled "0" rather than being dropped, as a
-plain log axis would.
+error 1 - accuracy, self-duality, the NCC mismatch) are drawn on a log axis;
+when some value is exactly 0, on a symmetric log axis (matplotlib's
+``symlog``) instead: logarithmic from the decade of the smallest nonzero value
+plotted upward, linear below it, so that 0 itself sits at the bottom of the
+axis with a tick labelled "0" rather than being dropped, as a plain log axis
+would drop it.
 """
 
 from __future__ import annotations
@@ -129,12 +130,15 @@ def tpt_dips(ds: xr.Dataset) -> np.ndarray:
 def _log_with_zero(ax: Axes, values: np.ndarray) -> None:
     """A symlog y axis whose log part starts at the decade of the smallest value > 0.
 
-    Exact zeros (no training error, no NCC mismatch) stay on the plot at the
+    A plain log axis when no value is exactly 0.  Exact zeros (no training error, no NCC mismatch) stay on the plot at the
     bottom of the axis, on a tick labelled 0, instead of vanishing as they
     would on a log axis.  Every positive value lies in the logarithmic part.
     """
     values = np.asarray(values, dtype=np.float64)
     positive = values[np.isfinite(values) & (values > 0)]
+    if positive.size and not (values == 0).any():
+        ax.set_yscale("log")  # no zero to show: the stretch below the lowest decade is waste
+        return
     linthresh = 10.0 ** np.floor(np.log10(positive.min())) if positive.size else 1.0
     ax.set_yscale("symlog", linthresh=linthresh, linscale=_LINSCALE)
     ax.set_ylim(bottom=0.0)

@@ -268,3 +268,11 @@ def test_self_duality_and_ncc_on_symlog_axes_keep_zeros(ds, name, function):
 def test_time_axes_end_at_the_last_epoch(ds, function):
     for ax in function(ds).axes:
         assert ax.get_xlim() == (0.0, EPOCHS - 1.0)
+
+
+def test_without_zeros_the_axis_is_plainly_logarithmic(ds):
+    positive = ds.copy(deep=True)
+    positive["self_duality"] = positive["self_duality"] + 1e-3
+    assert (positive["self_duality"].values[np.isfinite(positive["self_duality"].values)] > 0).all()
+    (ax,) = plot.plot_self_duality(positive).axes
+    assert ax.get_yscale() == "log"
