@@ -22,6 +22,7 @@ from ncanalysis_extract import FeatureRecorder, digits  # noqa: E402
 import ncanalysis  # noqa: E402
 from ncanalysis import cli  # noqa: E402
 from ncanalysis.errors import InputError  # noqa: E402
+from ncanalysis.store import open_store  # noqa: E402
 
 # --------------------------------------------------------------------------- closed pipe
 
@@ -135,3 +136,26 @@ def test_summary_text_counts_the_dips():
     assert "first 1 at epoch 1 (TPT start); below 1 in 2 later epoch(s); 1 from epoch 5 on" in text
 
 
+
+
+# --------------------------------------------------------------------------- demo
+
+
+def test_demo_writes_its_figures_where_plot_does(tmp_path, capsys):
+    from ncanalysis_extract import demo
+
+    assert demo.main([str(tmp_path / "out"), "--epochs", "2", "--record-every", "2"]) == 0
+    captured = capsys.readouterr()
+    store = tmp_path / "out" / "digits.zarr"
+    lines = captured.out.splitlines()
+    assert lines[0].split()[:2] == ["epoch", "split"]  # the table, for a person
+    figures = [Path(line) for line in lines if line.endswith((".png", ".pdf"))]
+    assert {p.parent for p in figures} == {tmp_path / "out" / "digits-figures"}
+    assert {p.stem for p in figures} >= {"error", "nc1", "self_duality", "ncc_mismatch"}
+    assert all(p.is_file() for p in figures)
+    assert "figures in " + str(tmp_path / "out" / "digits-figures") in captured.err
+    with open_store(store) as opened:
+        assert opened.epochs() == [0, 2]  # --record-every 2: epoch 0, every 2nd, the last
+    # `ncanalysis plot STORE` with no --output-dir writes the same files.
+    assert cli.main(["plot", str(store)]) == 0
+    assert [Path(line) for line in capsys.readouterr().out.splitlines()] == figures
