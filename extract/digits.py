@@ -4,9 +4,10 @@ The 1,797 8x8 digit images (10 classes) are standardised and split once, stratif
 into 1,347 train and 450 test images. An MLP (3 hidden layers of 128 with batch norm and
 ReLU; the classifier ``fc`` reads the 128-wide penultimate layer) is trained with SGD
 (momentum 0.9, weight decay 1e-2, learning rate 0.05 cosine-annealed to 0) far past zero
-training error. With the defaults (seed 0, 100 epochs) train accuracy first reaches 1 at
-epoch 6, and from there to epoch 100 Tr(Sigma_W) / Tr(Sigma_B) of the stored train
-features falls from 0.18 to 1.8e-3 (3.9 at initialisation): the features collapse
+training error. With the defaults (seed 0, 100 epochs; torch 2.13 on CPU, one thread)
+train accuracy first reaches 1 at epoch 6, dips below 1 again in 22 later epochs and stays
+1 from epoch 74; from epoch 6 to epoch 100 Tr(Sigma_W) / Tr(Sigma_B) of the stored train
+features falls from 0.18 to 4.7e-3 (3.9 at initialisation): the features collapse
 (Papyan, Han & Donoho 2020). Epoch 0 (the untrained network), every
 ``record_every``-th epoch and the last are written into a store.
 
