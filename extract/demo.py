@@ -4,7 +4,9 @@
 :mod:`ncanalysis_extract.digits` far past zero training error while recording
 every epoch into ``OUTDIR/digits.zarr``, then runs ``ncanalysis run`` on the
 store (table on stdout, results in the store's ``results`` group) and
-``ncanalysis plot`` (figures in ``OUTDIR/figures``).
+``ncanalysis plot`` with its default output directory (figures in
+``OUTDIR/digits-figures``, next to the store and named after it, as ``plot``
+names them for any store).
 The analysis and the figures go through exactly the code of the command line
 (:func:`ncanalysis.cli.main`).  About a minute on two CPU cores.
 """
@@ -50,18 +52,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = train_and_record(store, epochs=args.epochs, seed=args.seed,
                                record_every=args.record_every, overwrite=True)
     print(f"demo: trained in {summary['seconds']:.1f} s; train accuracy first reached 1 at "
-          f"epoch {summary['first_perfect_train_epoch']}", file=sys.stderr)
+          f"epoch {summary['first_perfect_train_epoch']} and stays 1 from epoch "
+          f"{summary['stable_perfect_train_epoch']} (-1: never)", file=sys.stderr)
     steps = (
         # Quiet: a progress bar per epoch on stderr would bury the table.
         ["run", str(store), "--quiet"],
-        ["plot", str(store), "--output-dir", str(outdir / "figures")],
+        # plot's default directory: OUTDIR/digits-figures, where `ncanalysis plot STORE` writes.
+        ["plot", str(store)],
     )
     for step in steps:
         code = cli.main(step)
         if code != cli.EXIT_OK:
             return code
     print(f"demo: done in {time.perf_counter() - started:.1f} s; figures in "
-          f"{outdir / 'figures'}", file=sys.stderr)
+          f"{store.with_name(store.stem + '-figures')}", file=sys.stderr)
     return cli.EXIT_OK
 
 

@@ -223,6 +223,14 @@ class FeatureRecorder:
                         feature_dtype=self.feature_dtype, chunk_rows=chunk_rows,
                         provenance=provenance, overwrite=mode == "overwrite",
                     )
+            except FileExistsError as exc:
+                # The writer names its own option (overwrite=True); the recorder's is mode=.
+                error = exc
+                if mode == "create":
+                    error = FileExistsError(
+                        f"{self.store_path} already exists; pass mode='overwrite' to replace "
+                        "the store or mode='append' to add epochs to it")
+                    error.__cause__ = exc
             except Exception as exc:  # re-raised below, after the other ranks learn of it
                 error = exc
         if self._comm.reduce_max(FAILED if error else OK) != OK:

@@ -249,6 +249,26 @@ def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split())
 
 
+def _print_result(text: str) -> None:
+    """Print a command's result on stdout; a reader that went away ends the output quietly.
+
+    ``ncanalysis run STORE | head -3``: once ``head`` exits, writing raises
+    BrokenPipeError.  As Unix tools do, the rest of the output is dropped
+    without a message and the command's own exit status stands (the work, such
+    as saving results, is done by the time results are printed).  stdout is
+    pointed at os.devnull so that later writes and the final flush do not fail
+    again.  (Restoring SIGPIPE's default action instead would also kill the
+    process on a closed dask.distributed socket.)
+    """
+    try:
+        print(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
 # --------------------------------------------------------------------------- run
 
 
@@ -287,9 +307,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.json:
         from .results import to_json_dict
 
-        print(json.dumps(to_json_dict(ds), allow_nan=False))
+        _print_result(json.dumps(to_json_dict(ds), allow_nan=False))
     else:
-        print(format_table(ds))
+        _print_result(format_table(ds))
     return EXIT_OK
 
 
@@ -470,7 +490,7 @@ def _human_bytes(size: int) -> str:
 def _cmd_info(args: argparse.Namespace) -> int:
     info = _store_info(args.path)
     if args.json:
-        print(json.dumps(info))
+        _print_result(json.dumps(info))
         return EXIT_OK
     sizes: dict[str, set[int]] = {}
     for item in info["samples"]:
@@ -495,7 +515,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         lines.append(f"classifier  weight {info['dtypes']['weight']}, "
                      f"bias {info['dtypes']['bias']}")
     lines.append(f"size        {_human_bytes(info['size_bytes'])}")
-    print("\n".join(lines))
+    _print_result("\n".join(lines))
     return EXIT_OK
 
 
@@ -504,11 +524,12 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
     problems = validate_store(args.path)
     if args.json:
-        print(json.dumps({"path": args.path, "valid": not problems, "problems": problems}))
+        _print_result(json.dumps({"path": args.path, "valid": not problems,
+                                  "problems": problems}))
     elif problems:
-        print("\n".join(problems))
+        _print_result("\n".join(problems))
     else:
-        print(f"{args.path}: valid")
+        _print_result(f"{args.path}: valid")
     if problems:
         print(f"{_PROG} validate: {len(problems)} problem(s) in {args.path}", file=sys.stderr)
         return EXIT_INVALID
@@ -527,7 +548,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     output_dir = (Path(args.output_dir) if args.output_dir is not None
                   else source.with_name(f"{source.stem}-figures"))
     for path in save_figures(ds, output_dir):
-        print(path)
+        _print_result(str(path))
     return EXIT_OK
 
 

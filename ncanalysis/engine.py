@@ -125,7 +125,7 @@ def _check_epoch(item: EpochInput, ncc: bool) -> None:
     if ncc and "train" not in item.splits:
         raise InputError(
             f"{where}: ncc_mismatch (NC4) uses the class means of the 'train' split, but this "
-            f"epoch has only {sorted(item.splits)}; pass ncc=False to skip NC4"
+            f"epoch has only {sorted(item.splits)}; pass ncc=False (command line: --no-ncc) to skip NC4"
         )
 
 

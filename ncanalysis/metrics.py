@@ -241,6 +241,42 @@ def split_metrics(
     return values
 
 
+def tpt_stable_epoch(epochs: np.ndarray, train_accuracy: np.ndarray) -> int:
+    """The first epoch from which train accuracy stays exactly 1 to the end, or -1.
+
+    The paper's start of the terminal phase (``tpt_start_epoch``) is the *first*
+    epoch of train accuracy 1; SGD noise can still push a few training samples
+    back across the boundary later.  This is the epoch after which that never
+    happens again among the analysed epochs.
+
+    Parameters
+    ----------
+    epochs : array_like of int, shape (E,)
+        The analysed epochs, in increasing order.
+    train_accuracy : array_like of float, shape (E,)
+        Train accuracy at each of ``epochs``; NaN where the train split was not
+        analysed (such an epoch neither breaks nor starts the stable stretch).
+
+    Returns
+    -------
+    int
+        The first epoch e with train accuracy 1 such that every analysed epoch
+        from e on has train accuracy 1; -1 when the last analysed train accuracy
+        is below 1 or there is none.
+    """
+    epochs = np.asarray(epochs)
+    accuracy = np.asarray(train_accuracy, dtype=np.float64)
+    if epochs.shape != accuracy.shape or epochs.ndim != 1:
+        raise ValueError(f"epochs {epochs.shape} and train_accuracy {accuracy.shape} must be "
+                         "1-d arrays of the same length")
+    measured = np.flatnonzero(np.isfinite(accuracy))
+    perfect = measured[accuracy[measured] == 1.0]
+    below = measured[accuracy[measured] != 1.0]
+    # The stable stretch starts at the first perfect epoch after the last imperfect one.
+    after = perfect[perfect > below[-1]] if below.size else perfect
+    return int(epochs[after[0]]) if after.size else -1
+
+
 #: The metrics computed over the classes present in a split (NaN when C' = 1).
 _MEANS_SIDE = (
     "nc1",

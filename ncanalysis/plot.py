@@ -6,11 +6,22 @@ Every function takes a results Dataset (from :func:`ncanalysis.analyze` or
 nothing here touches the caller's backend or keeps figures alive; saving uses
 matplotlib's non-interactive canvases (Agg for PNG).
 
-Time series are drawn against epoch, one line per split (train solid, other
-splits dashed), with a dotted vertical line at the start of the terminal phase
-of training (attribute ``tpt_start_epoch``) when it was reached.  The plotted
-values are exactly the Dataset's values: NaN (a split absent from an epoch)
-leaves a gap.
+Time series are drawn against epoch, from the first analysed epoch to the
+last, one line per split (train solid, other splits dashed), with a dotted
+vertical line at the start of the terminal phase of training (attribute
+``tpt_start_epoch``: the first epoch of train accuracy 1) when it was reached,
+and a dash-dotted one at :func:`~ncanalysis.metrics.tpt_stable_epoch` (from
+which train accuracy stays 1) when train accuracy dipped below 1 after the TPT
+started.  The plotted values are exactly the Dataset's values: NaN (a split
+absent from an epoch) leaves a gap.
+
+Quantities that reach exactly 0 and matter down to their last decades (the
+error 1 - accuracy, self-duality, the NCC mismatch) are drawn on a log axis;
+when some value is exactly 0, on a symmetric log axis (matplotlib's
+``symlog``) instead: logarithmic from the decade of the smallest nonzero value
+plotted upward, linear below it, so that 0 itself sits at the bottom of the
+axis with a tick labelled "0" rather than being dropped, as a plain log axis
+would drop it.
 """
 
 from __future__ import annotations
@@ -25,8 +36,10 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from .metrics import tpt_stable_epoch
+
 __all__ = [
-    "plot_accuracy",
+    "plot_error",
     "plot_nc1",
     "plot_equinorm",
     "plot_equiangularity",
@@ -34,6 +47,8 @@ __all__ = [
     "plot_self_duality",
     "plot_ncc_mismatch",
     "plot_classes",
+    "tpt_epochs",
+    "tpt_dips",
     "FIGURES",
     "save_figures",
 ]
@@ -41,6 +56,10 @@ __all__ = [
 _SIZE = (5.6, 3.8)
 _WIDE = (10.0, 3.8)
 _TPT_LABEL = "TPT start"
+_STABLE_LABEL = "train acc. 1 from here"
+_DIP_LABEL = "train error > 0 after TPT start"
+#: Decades the linear stretch [0, linthresh] of a symlog axis takes: a short step down to 0.
+_LINSCALE = 0.5
 _STYLES = {"train": {"linestyle": "-", "marker": "o"}}
 _OTHER_STYLE = {"linestyle": "--", "marker": "s"}
 #: Longer series are drawn as lines only.
@@ -77,11 +96,65 @@ def _per_epoch(ds: xr.Dataset, name: str) -> np.ndarray:
     return values[np.arange(values.shape[0]), first]
 
 
+def _train_accuracy(ds: xr.Dataset) -> np.ndarray:
+    """Train accuracy per epoch (all NaN when the results have no train split)."""
+    if "train" not in _splits(ds):
+        return np.full(ds.sizes["epoch"], np.nan)
+    return ds["accuracy"].sel(split="train").values
+
+
+def tpt_epochs(ds: xr.Dataset) -> tuple[int, int]:
+    """The start of the TPT and the epoch from which train accuracy stays 1 (-1: none).
+
+    The start is the results' attribute ``tpt_start_epoch`` (the paper's
+    definition: the first epoch of train accuracy 1); the stable epoch is the
+    attribute ``tpt_stable_epoch`` when the results carry it, else
+    :func:`~ncanalysis.metrics.tpt_stable_epoch` of the train accuracy.
+    """
+    start = int(ds.attrs.get("tpt_start_epoch", -1))
+    if "tpt_stable_epoch" in ds.attrs:
+        return start, int(ds.attrs["tpt_stable_epoch"])
+    return start, tpt_stable_epoch(ds["epoch"].values, _train_accuracy(ds))
+
+
+def tpt_dips(ds: xr.Dataset) -> np.ndarray:
+    """Epochs after the start of the TPT whose train accuracy is below 1."""
+    start, _ = tpt_epochs(ds)
+    epochs = ds["epoch"].values
+    accuracy = _train_accuracy(ds)
+    if start < 0:
+        return epochs[:0]
+    return epochs[(epochs > start) & np.isfinite(accuracy) & (accuracy < 1.0)]
+
+
+def _log_with_zero(ax: Axes, values: np.ndarray) -> None:
+    """A symlog y axis whose log part starts at the decade of the smallest value > 0.
+
+    A plain log axis when no value is exactly 0.  Exact zeros (no training error, no NCC mismatch) stay on the plot at the
+    bottom of the axis, on a tick labelled 0, instead of vanishing as they
+    would on a log axis.  Every positive value lies in the logarithmic part.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    positive = values[np.isfinite(values) & (values > 0)]
+    if positive.size and not (values == 0).any():
+        ax.set_yscale("log")  # no zero to show: the stretch below the lowest decade is waste
+        return
+    linthresh = 10.0 ** np.floor(np.log10(positive.min())) if positive.size else 1.0
+    ax.set_yscale("symlog", linthresh=linthresh, linscale=_LINSCALE)
+    ax.set_ylim(bottom=0.0)
+
+
 def _finish(ax: Axes, ds: xr.Dataset, title: str, ylabel: str) -> None:
-    """Title, labels, grid, TPT marker and legend of one time-series panel."""
-    tpt = int(ds.attrs.get("tpt_start_epoch", -1))
-    if tpt >= 0:
-        ax.axvline(tpt, color="0.35", linestyle=":", linewidth=1.2, label=_TPT_LABEL)
+    """Title, labels, grid, TPT markers, x range and legend of one time-series panel."""
+    start, stable = tpt_epochs(ds)
+    if start >= 0:
+        ax.axvline(start, color="0.35", linestyle=":", linewidth=1.2, label=_TPT_LABEL)
+    if stable > start >= 0:
+        ax.axvline(stable, color="0.35", linestyle="-.", linewidth=1.0, label=_STABLE_LABEL)
+    epochs = ds["epoch"].values
+    if epochs.size > 1:
+        # The axis ends at the last analysed epoch, not at the next tick.
+        ax.set_xlim(int(epochs[0]), int(epochs[-1]))
     ax.set_title(title)
     ax.set_xlabel("Epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -102,11 +175,26 @@ def _figure(size: tuple[float, float] = _SIZE, ncols: int = 1,
     return fig, list(axes)
 
 
-def plot_accuracy(ds: xr.Dataset) -> Figure:
-    """Train and test accuracy against epoch (the TPT starts where train accuracy hits 1)."""
+def plot_error(ds: xr.Dataset) -> Figure:
+    """Train and test error, 1 - accuracy, against epoch, on a symlog axis down to 0.
+
+    The TPT starts where the train error first reaches 0.  Epochs after that
+    where it is above 0 again (a few training samples misclassified) are
+    marked with red crosses on the train line: a linear accuracy axis would
+    hide them.
+    """
     fig, (ax,) = _figure()
-    _series(ax, ds, "accuracy")
-    _finish(ax, ds, "Accuracy", "accuracy")
+    error = 1.0 - ds["accuracy"]
+    for split in _splits(ds):
+        ax.plot(ds["epoch"].values, error.sel(split=split).values, label=split,
+                **_style(split, ds.sizes["epoch"]))
+    dips = tpt_dips(ds)
+    if dips.size:
+        ax.plot(dips, error.sel(split="train", epoch=dips).values, linestyle="none",
+                marker="x", color="C3", markersize=5, zorder=3,
+                label=f"{_DIP_LABEL} ({dips.size} epoch{'' if dips.size == 1 else 's'})")
+    _log_with_zero(ax, error.values)
+    _finish(ax, ds, "Error", "1 - accuracy")
     return fig
 
 
@@ -149,6 +237,7 @@ def plot_self_duality(ds: xr.Dataset) -> Figure:
     """||W^T/||W|| - M~/||M~|| ||_F^2: classifier and class means align (Fig. 5)."""
     fig, (ax,) = _figure()
     _series(ax, ds, "self_duality")
+    _log_with_zero(ax, ds["self_duality"].values)
     _finish(ax, ds, "Self-duality", r"$\|W^T/\|W\| - \tilde M/\|\tilde M\|\|_F^2$")
     return fig
 
@@ -157,6 +246,7 @@ def plot_ncc_mismatch(ds: xr.Dataset) -> Figure:
     """Fraction of samples where the network and the nearest class centre disagree (Fig. 7)."""
     fig, (ax,) = _figure()
     _series(ax, ds, "ncc_mismatch")
+    _log_with_zero(ax, ds["ncc_mismatch"].values)
     _finish(ax, ds, "NCC mismatch", "fraction of samples")
     return fig
 
@@ -213,7 +303,7 @@ def plot_classes(ds: xr.Dataset, epoch: int | None = None) -> Figure:
 
 #: Every figure :func:`save_figures` writes, by file stem.
 FIGURES: dict[str, Callable[[xr.Dataset], Figure]] = {
-    "accuracy": plot_accuracy,
+    "error": plot_error,
     "nc1": plot_nc1,
     "equinorm": plot_equinorm,
     "equiangularity": plot_equiangularity,

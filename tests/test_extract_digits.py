@@ -58,7 +58,7 @@ def test_seeded_runs_are_identical(tmp_path: Path) -> None:
 
 def test_main_prints_a_json_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "cli.zarr"
-    assert digits.main([str(path), "--epochs", "1", "--quiet"]) == 0
+    assert digits.main([str(path), "--epochs", "1", "--quiet", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["recorded_epochs"] == [0, 1] and "model" not in summary
     assert digits.main([str(path), "--epochs", "1", "--quiet"]) == 1  # exists

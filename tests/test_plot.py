@@ -9,13 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.image import imread
 
 
 from cli_helpers import CLASS_NAMES, epoch_arrays, run_cli  # noqa: E402
 
 import ncanalysis  # noqa: E402
-from ncanalysis import plot, results  # noqa: E402
+from ncanalysis import metrics, plot, results  # noqa: E402
 
 from reference import reference_metrics
 
@@ -37,9 +38,13 @@ def ds() -> xr.Dataset:
     return merged
 
 
+MARKER_LABELS = ("TPT start", plot._STABLE_LABEL)
+
+
 def data_lines(ax):
-    """The lines of an axes that carry data, by label (the TPT marker excluded)."""
-    return {line.get_label(): line for line in ax.get_lines() if line.get_label() != "TPT start"}
+    """The lines of an axes that carry data, by label (the TPT markers excluded)."""
+    return {line.get_label(): line for line in ax.get_lines()
+            if line.get_label() not in MARKER_LABELS}
 
 
 def check_series(ax, ds, name, splits=None):
@@ -58,7 +63,6 @@ def check_tpt_marker(ax, ds):
 
 
 @pytest.mark.parametrize("name,function", [
-    ("accuracy", plot.plot_accuracy),
     ("nc1", plot.plot_nc1),
     ("self_duality", plot.plot_self_duality),
     ("ncc_mismatch", plot.plot_ncc_mismatch),
@@ -101,7 +105,7 @@ def test_means_and_classifier_figures(ds, stem, function):
 
 def test_no_tpt_marker_before_the_terminal_phase(ds):
     early = ds.sel(epoch=[0, 1, 2]).assign_attrs(tpt_start_epoch=-1)
-    (ax,) = plot.plot_accuracy(early).axes
+    (ax,) = plot.plot_error(early).axes
     assert "TPT start" not in [line.get_label() for line in ax.get_lines()]
 
 
@@ -161,3 +165,120 @@ def test_save_figures_from_csv_skips_the_class_view(tmp_path, ds):
     written = plot.save_figures(source, tmp_path / "figs", formats=("png",))
     assert {p.stem for p in written} == set(plot.FIGURES) - {"classes"}
     check_png(tmp_path / "figs" / "nc1.png")
+
+
+# --------------------------------------------------------------------------- TPT, error, log axes
+
+
+@pytest.mark.parametrize("accuracy,expected", [
+    ([0.1, 0.5, 1.0, 1.0, 1.0], 20),                 # reached once and for all
+    ([0.1, 1.0, 0.99, 1.0, 1.0], 30),                # a dip after the first 1
+    ([0.1, 1.0, 1.0, 1.0, 0.999], -1),               # the last epoch is a dip
+    ([1.0, 1.0, 1.0, 1.0, 1.0], 0),                  # perfect from the first epoch
+    ([0.1, 0.2, 0.3, 0.4, 0.5], -1),                 # never reached
+    ([0.1, 1.0, np.nan, 1.0, 1.0], 10),              # a missing train split is no dip
+    ([0.1, np.nan, 0.9, np.nan, 1.0], 40),           # ... nor a start
+    ([0.1, 1.0, 0.99, 1.0, np.nan], 30),             # nor an end
+    ([np.nan] * 5, -1),
+])
+def test_tpt_stable_epoch_on_hand_built_runs(accuracy, expected):
+    epochs = np.array([0, 10, 20, 30, 40])  # not every epoch analysed
+    assert metrics.tpt_stable_epoch(epochs, np.array(accuracy)) == expected
+
+
+def test_tpt_stable_epoch_edge_cases():
+    assert metrics.tpt_stable_epoch(np.array([], dtype=int), np.array([])) == -1
+    with pytest.raises(ValueError, match="same length"):
+        metrics.tpt_stable_epoch(np.arange(3), np.ones(4))
+
+
+@pytest.fixture(scope="module")
+def dipping(ds) -> xr.Dataset:
+    """The fixture's results with train accuracy 1 at epoch 1, a dip at 2, 1 from 3 on."""
+    out = ds.copy(deep=True)
+    n = int(out["n_samples"].sel(split="train", epoch=0))
+    out["accuracy"].loc[{"split": "train"}] = [0.5, 1.0, 1.0 - 3 / n, 1.0, 1.0]
+    out["accuracy"].loc[{"split": "test"}] = [0.4, np.nan, 0.9, 0.95, 1.0]
+    return out.assign_attrs(tpt_start_epoch=1)  # the paper's start: first accuracy 1
+
+
+def drawn(fig):
+    FigureCanvasAgg(fig).draw()  # tick labels exist only once drawn
+    return fig
+
+
+def zero_tick(ax):
+    """The tick of y = 0 is on the axis, at its bottom, labelled 0."""
+    assert ax.get_ylim()[0] == 0.0
+    labels = {t.get_position()[1]: t.get_text() for t in ax.get_yticklabels()}
+    assert 0.0 in labels and labels[0.0].replace("$", "").replace(r"\mathdefault{", "")[:1] == "0"
+
+
+def test_error_figure_plots_one_minus_accuracy_on_a_symlog_axis(dipping):
+    (ax,) = drawn(plot.plot_error(dipping)).axes
+    lines = data_lines(ax)
+    n = int(dipping["n_samples"].sel(split="train", epoch=0))
+    train = lines.pop("train")
+    np.testing.assert_array_equal(train.get_xdata(), [0, 1, 2, 3, 4])
+    np.testing.assert_allclose(train.get_ydata(), [0.5, 0.0, 3 / n, 0.0, 0.0], atol=1e-15)
+    test = lines.pop("test")
+    np.testing.assert_allclose(test.get_ydata(), [0.6, np.nan, 0.1, 0.05, 0.0], atol=1e-15)
+    # The dip after the TPT start is marked on the train line, and only it.
+    (dips,) = [line for label, line in lines.items() if label.startswith(plot._DIP_LABEL)]
+    np.testing.assert_array_equal(dips.get_xdata(), [2])
+    np.testing.assert_allclose(dips.get_ydata(), [3 / n])
+    assert dips.get_label().endswith("(1 epoch)")
+    # Log axis whose log part begins at the decade of the smallest error > 0; 0 at the bottom.
+    assert ax.get_yscale() == "symlog"
+    linthresh = ax.yaxis.get_transform().linthresh
+    assert linthresh <= 3 / n < 10 * linthresh
+    zero_tick(ax)
+    # The paper's TPT start and the epoch from which train accuracy stays 1.
+    marks = {line.get_label(): list(line.get_xdata()) for line in ax.get_lines()}
+    assert marks["TPT start"] == [1, 1] and marks[plot._STABLE_LABEL] == [3, 3]
+    assert ax.get_xlim() == (0.0, 4.0)
+
+
+def test_no_dips_no_stable_marker(ds):
+    (ax,) = plot.plot_error(ds).axes
+    labels = [line.get_label() for line in ax.get_lines()]
+    assert "TPT start" in labels and plot._STABLE_LABEL not in labels
+    assert not any(label.startswith(plot._DIP_LABEL) for label in labels)
+    assert plot.tpt_epochs(ds) == (4, 4)
+
+
+def test_stable_epoch_attribute_wins_when_the_results_carry_it(dipping):
+    assert plot.tpt_epochs(dipping) == (1, 3)
+    assert plot.tpt_epochs(dipping.assign_attrs(tpt_stable_epoch=4)) == (1, 4)
+
+
+@pytest.mark.parametrize("name,function", [
+    ("self_duality", plot.plot_self_duality),
+    ("ncc_mismatch", plot.plot_ncc_mismatch),
+])
+def test_self_duality_and_ncc_on_symlog_axes_keep_zeros(ds, name, function):
+    with_zero = ds.copy(deep=True)
+    with_zero[name].loc[{"split": "train", "epoch": 3}] = 0.0
+    (ax,) = drawn(function(with_zero)).axes
+    assert ax.get_yscale() == "symlog"
+    values = with_zero[name].values
+    smallest = values[np.isfinite(values) & (values > 0)].min()
+    linthresh = ax.yaxis.get_transform().linthresh
+    assert linthresh <= smallest < 10 * linthresh
+    # The zero is plotted (a log axis would drop it), at the bottom, on a tick labelled 0.
+    assert data_lines(ax)["train"].get_ydata()[3] == 0.0
+    zero_tick(ax)
+
+
+@pytest.mark.parametrize("function", [f for name, f in plot.FIGURES.items() if name != "classes"])
+def test_time_axes_end_at_the_last_epoch(ds, function):
+    for ax in function(ds).axes:
+        assert ax.get_xlim() == (0.0, EPOCHS - 1.0)
+
+
+def test_without_zeros_the_axis_is_plainly_logarithmic(ds):
+    positive = ds.copy(deep=True)
+    positive["self_duality"] = positive["self_duality"] + 1e-3
+    assert (positive["self_duality"].values[np.isfinite(positive["self_duality"].values)] > 0).all()
+    (ax,) = plot.plot_self_duality(positive).axes
+    assert ax.get_yscale() == "log"
