@@ -12,6 +12,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pytest
 import zarr
 
 from ncanalysis.store import ROOT_ATTR, create_store
@@ -28,6 +29,7 @@ __all__ = [
     "write_root_meta",
     "set_value",
     "chunks_written",
+    "read_path",
 ]
 
 BACKENDS = ("zarr", "hdf5")
@@ -65,12 +67,14 @@ def make_store(
     epochs: tuple[int, ...] = (0, 1),
     chunk_rows: int | None = 4,
     feature_dtype: str = "float16",
+    checksums: bool | None = None,
 ) -> dict[int, EpochData]:
     """Write complete epochs (split by split with `write_split`) and return their data."""
     data = {}
     with create_store(
         path, num_classes=C, num_features=D, class_names=["cat", "dog", "eel"],
         feature_dtype=feature_dtype, chunk_rows=chunk_rows, provenance={"model": "Net"},
+        **({} if checksums is None else {"checksums": checksums}),
     ) as writer:
         for epoch in epochs:
             data[epoch] = epoch_data(epoch)
@@ -134,3 +138,14 @@ def chunks_written(path: Path, node: str) -> int:
         with h5py.File(path, "r") as file:
             return file[node].id.get_num_chunks()
     return zarr.open_group(path, mode="r")[node].nchunks_initialized
+
+
+@pytest.fixture(params=["direct", "zarr"])
+def read_path(request, monkeypatch) -> str:
+    """Run a test once with the direct chunk reader and once through zarr only.
+
+    Import it into a test module (``from store_helpers import read_path``) and ask
+    for it, or mark the module ``pytest.mark.usefixtures("read_path")``.
+    """
+    monkeypatch.setenv("NCANALYSIS_DIRECT_READS", "1" if request.param == "direct" else "0")
+    return request.param

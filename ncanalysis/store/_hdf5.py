@@ -268,9 +268,20 @@ class HDF5Proxy:
                 return dataset[key]
             except OSError as err:
                 raise ChunkError(
-                    f"{self.where}: {self.path}: a chunk of rows {start}..{stop} cannot be "
-                    f"read ({err}; with fletcher32 checksums: its bytes changed)"
+                    f"{self.where}: {self._damaged(dataset, start, stop)} cannot be read "
+                    f"({err}; with fletcher32 checksums: its bytes changed)"
                 ) from err
+
+    def _damaged(self, dataset: h5py.Dataset, start: int, stop: int | None) -> str:
+        """Name the first chunk of rows ``start:stop`` that h5py cannot read."""
+        unit = (dataset.chunks or dataset.shape or (1,))[0]
+        stop = self.shape[0] if stop is None and self.shape else (stop or 1)
+        for row in range(start - start % unit, stop, unit):
+            try:
+                dataset[row : row + unit]
+            except OSError:
+                return f"the chunk at rows {row}..{min(row + unit, self.shape[0]) - 1}"
+        return f"rows {start}..{stop - 1}"
 
     def _check_allocated(self, dataset: h5py.Dataset, start: int, stop: int | None) -> None:
         """Raise ChunkError on an unwritten chunk among rows ``start:stop`` (one query per chunk)."""
