@@ -249,3 +249,29 @@ def test_checksums_option_sets_the_codec_and_filter(tmp_path, backend, checksums
     assert validate_store(path) == []
     with pytest.raises(InputError, match="checksums"):
         create_store(tmp_path / "x.zarr", num_classes=2, num_features=2, checksums="yes")
+
+
+@pytest.mark.parametrize("backend", ["zarr", "hdf5"])
+def test_a_version_1_0_store_without_checksums_still_reads_and_takes_epochs(tmp_path, backend):
+    """What 1.0 writers made: no checksums, version "1.0". New epochs keep its choice."""
+    from store_helpers import epoch_data, read_root_meta, write_root_meta
+
+    path = store_path(tmp_path, backend)
+    data = make_store(path, epochs=(0,), checksums=False)
+    meta = read_root_meta(path)
+    del meta["checksums"]
+    write_root_meta(path, meta | {"version": "1.0"})
+    from ncanalysis.store import open_store_writer
+
+    with open_store_writer(path) as writer:
+        assert writer.checksums is False
+        epoch = writer.begin_epoch(1)
+        more = epoch_data(1)
+        for split, arrays in more.splits.items():
+            epoch.write_split(split, *arrays)
+        epoch.write_classifier(more.weight, more.bias)
+        epoch.finalize()
+    with open_store(path) as store:
+        assert store.format_version == "1.0" and store.epochs() == [0, 1]
+        np.testing.assert_array_equal(store.labels(0, "train"), data[0].splits["train"][1])
+    assert validate_store(path) == []

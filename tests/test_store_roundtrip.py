@@ -1,4 +1,4 @@
-"""Write a store and read it back, on both backends."""
+"""Write a store and read it back, on both backends and both Zarr read paths."""
 
 from __future__ import annotations
 
@@ -7,10 +7,22 @@ import pickle
 import dask
 import numpy as np
 import pytest
-from store_helpers import BACKENDS, C, D, SIZES, epoch_data, make_store, store_path
+from store_helpers import (  # noqa: F401 (read_path is a fixture)
+    BACKENDS,
+    C,
+    D,
+    SIZES,
+    epoch_data,
+    make_store,
+    read_path,
+    store_path,
+)
 
 from ncanalysis.errors import IncompleteEpochError, StoreFormatError
 from ncanalysis.store import FORMAT_VERSION, create_store, open_store, open_store_writer
+
+# Every test runs with the direct chunk reader and through zarr only (NCANALYSIS_DIRECT_READS).
+pytestmark = pytest.mark.usefixtures("read_path")
 
 
 @pytest.fixture(params=BACKENDS)
