@@ -12,7 +12,6 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-import pytest
 import zarr
 
 from ncanalysis.store import ROOT_ATTR, create_store
@@ -29,7 +28,6 @@ __all__ = [
     "write_root_meta",
     "set_value",
     "chunks_written",
-    "read_path",
 ]
 
 BACKENDS = ("zarr", "hdf5")
@@ -139,13 +137,3 @@ def chunks_written(path: Path, node: str) -> int:
             return file[node].id.get_num_chunks()
     return zarr.open_group(path, mode="r")[node].nchunks_initialized
 
-
-@pytest.fixture(params=["direct", "zarr"])
-def read_path(request, monkeypatch) -> str:
-    """Run a test once with the direct chunk reader and once through zarr only.
-
-    Import it into a test module (``from store_helpers import read_path``) and ask
-    for it, or mark the module ``pytest.mark.usefixtures("read_path")``.
-    """
-    monkeypatch.setenv("NCANALYSIS_DIRECT_READS", "1" if request.param == "direct" else "0")
-    return request.param

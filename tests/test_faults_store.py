@@ -17,7 +17,7 @@ import h5py
 import numpy as np
 import pytest
 import zarr
-from store_helpers import make_store, read_path, store_path  # noqa: F401 (fixture)
+from store_helpers import make_store, store_path
 from zarr.codecs import Crc32cCodec
 
 from ncanalysis import analyze

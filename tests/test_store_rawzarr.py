@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 import zarr
 from dask.base import tokenize
-from zarr.codecs import BloscCodec, Crc32cCodec
-
 from store_helpers import make_store
+from zarr.codecs import BloscCodec, Crc32cCodec
 
 from ncanalysis.errors import InputError, StoreFormatError
 from ncanalysis.store import DIRECT_READS_ENV, ChunkError, open_store

@@ -7,21 +7,12 @@ import pickle
 import dask
 import numpy as np
 import pytest
-from store_helpers import (  # noqa: F401 (read_path is a fixture)
-    BACKENDS,
-    C,
-    D,
-    SIZES,
-    epoch_data,
-    make_store,
-    read_path,
-    store_path,
-)
+from store_helpers import BACKENDS, C, D, SIZES, epoch_data, make_store, store_path
 
 from ncanalysis.errors import IncompleteEpochError, StoreFormatError
 from ncanalysis.store import FORMAT_VERSION, create_store, open_store, open_store_writer
 
-# Every test runs with the direct chunk reader and through zarr only (NCANALYSIS_DIRECT_READS).
+# Every test runs with the direct chunk reader and through zarr only (conftest.read_path).
 pytestmark = pytest.mark.usefixtures("read_path")
 
 

@@ -11,12 +11,11 @@ from __future__ import annotations
 import re
 
 import google_crc32c  # zarr's Crc32cCodec uses this package: the same CRC-32C values
-
 import numpy as np
 
 from ..errors import StoreFormatError
 
-__all__ = ["ChunkError", "CRC32C_BYTES", "crc32c_trailer_ok", "describe_node"]
+__all__ = ["CRC32C_BYTES", "ChunkError", "crc32c_trailer_ok", "describe_node"]
 
 #: Bytes of the crc32c trailer that zarr's ``crc32c`` codec appends to a chunk.
 CRC32C_BYTES = 4
