@@ -237,7 +237,7 @@ def generate(path: pathlib.Path, *, rows: int, dim: int, classes: int, test_rows
              epochs: int, seed: int, rho: float | None, nc1_first: float, nc1_last: float,
              test_spread: float, bias_scale: float, chunk_rows: int | None, threads: int,
              parallel_writes: bool, overwrite: bool, scale_name: str,
-             log=lambda *a: None) -> dict:
+             checksums: bool | None = None, log=lambda *a: None) -> dict:
     from ncanalysis.store import create_store
 
     if path.exists():
@@ -265,6 +265,8 @@ def generate(path: pathlib.Path, *, rows: int, dim: int, classes: int, test_rows
                   provenance=provenance, overwrite=overwrite)
     if chunk_rows:
         kwargs["chunk_rows"] = chunk_rows
+    if checksums is not None:  # None: the store format's default
+        kwargs["checksums"] = checksums
     timings = []
     t_all = time.perf_counter()
     writer = create_store(path, **kwargs)
@@ -344,6 +346,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="one write_rows call at a time (default: the generator threads "
                         "write their own blocks, which own whole write units)")
     parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--checksums", choices=("on", "off"),
+                        help="chunk checksums (crc32c) in the store (default: the format's "
+                        "default, ncanalysis.store.DEFAULT_CHECKSUMS)")
     args = parser.parse_args(argv)
     if args.list:
         for name, s in SCALES.items():
@@ -361,6 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         nc1_last=args.nc1_last, test_spread=args.test_spread, bias_scale=args.bias_scale,
         chunk_rows=args.chunk_rows, threads=args.threads, parallel_writes=not args.serial_writes,
         overwrite=args.overwrite, scale_name=args.scale,
+        checksums=None if args.checksums is None else args.checksums == "on",
         log=lambda msg: print(msg, file=sys.stderr, flush=True),
     )
     print(f"generate: {summary['path']}: {summary['generation_s']:.1f} s total, "

@@ -293,8 +293,8 @@ def install_read_log(path: str | None = None) -> None:
 
     orig_raw = _rawzarr.read_chunk_bytes
 
-    def read_chunk_bytes(file_path, offset, target):
-        found = orig_raw(file_path, offset, target)
+    def read_chunk_bytes(file_path, offset, target, *args, **kwargs):
+        found = orig_raw(file_path, offset, target, *args, **kwargs)
         if found:
             log(len(target), file_path)
         return found
@@ -928,6 +928,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--experiment", action="append", default=[], choices=sorted(EXPERIMENTS),
                         help="apply a benchmark-side patch to the engine (repeatable; none "
                         "defined at present)")
+    parser.add_argument("--read-path", choices=("direct", "zarr"),
+                        help="how Zarr features are read: the direct chunk-file reader or "
+                        "zarr only (sets NCANALYSIS_DIRECT_READS for every measuring "
+                        "process; default: the environment's, i.e. direct)")
     parser.add_argument("--json", metavar="PATH", help="write JSON here ('-': stdout)")
     args = parser.parse_args(argv)
     if not args.store and not args.scale:
@@ -940,6 +944,8 @@ def main(argv: list[str] | None = None) -> int:
     epochs = [int(e) for e in args.epochs.split(",")] if args.epochs else info["epochs"]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([os.fspath(REPO), env.get("PYTHONPATH", "")])
+    if args.read_path:  # the engine's own switch (ncanalysis.store.DIRECT_READS_ENV)
+        env["NCANALYSIS_DIRECT_READS"] = "1" if args.read_path == "direct" else "0"
     if args.blas_threads:
         for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             env[k] = str(args.blas_threads)

@@ -98,6 +98,9 @@ class FeatureRecorder:
         Or any object with ``rank``, ``world_size``, ``barrier()`` and
         ``reduce_max(int)``. By default an initialized ``torch.distributed`` process
         group is used, else one process.
+    checksums
+        Chunk checksums in a new store (see `ncanalysis.store.create_store`); default
+        the store format's default. An appended store keeps its own choice.
 
     Attributes
     ----------
@@ -145,6 +148,7 @@ class FeatureRecorder:
         barrier: Callable[[], object] | None = None,
         reduce_max: Callable[[int], int] | None = None,
         communicator: Communicator | None = None,
+        checksums: bool | None = None,
     ) -> None:
         if feature_dtype not in TORCH_DTYPES:
             raise ValueError(f"feature_dtype must be one of {tuple(TORCH_DTYPES)}, got {feature_dtype!r}")
@@ -181,7 +185,7 @@ class FeatureRecorder:
         self._device = torch.device(device) if device is not None else _model_device(self._module)
         self._writer = self._open_store(
             mode, class_names=class_names, chunk_rows=chunk_rows,
-            provenance=self._provenance(provenance),
+            provenance=self._provenance(provenance), checksums=checksums,
         )
 
     # -- store ---------------------------------------------------------------------
@@ -207,7 +211,7 @@ class FeatureRecorder:
 
     def _open_store(
         self, mode: Mode, *, class_names: list[str] | None, chunk_rows: int | None,
-        provenance: dict[str, Any],
+        provenance: dict[str, Any], checksums: bool | None = None,
     ) -> StoreWriter:
         """Rank 0 creates (or opens) the store; the others open it after a barrier."""
         writer: StoreWriter | None = None
@@ -222,6 +226,8 @@ class FeatureRecorder:
                         num_features=self.num_features, class_names=class_names,
                         feature_dtype=self.feature_dtype, chunk_rows=chunk_rows,
                         provenance=provenance, overwrite=mode == "overwrite",
+                        # None: the store format's default (ncanalysis.store.DEFAULT_CHECKSUMS)
+                        **({} if checksums is None else {"checksums": checksums}),
                     )
             except FileExistsError as exc:
                 # The writer names its own option (overwrite=True); the recorder's is mode=.

@@ -65,12 +65,14 @@ def make_store(
     epochs: tuple[int, ...] = (0, 1),
     chunk_rows: int | None = 4,
     feature_dtype: str = "float16",
+    checksums: bool | None = None,
 ) -> dict[int, EpochData]:
     """Write complete epochs (split by split with `write_split`) and return their data."""
     data = {}
     with create_store(
         path, num_classes=C, num_features=D, class_names=["cat", "dog", "eel"],
         feature_dtype=feature_dtype, chunk_rows=chunk_rows, provenance={"model": "Net"},
+        **({} if checksums is None else {"checksums": checksums}),
     ) as writer:
         for epoch in epochs:
             data[epoch] = epoch_data(epoch)
@@ -134,3 +136,4 @@ def chunks_written(path: Path, node: str) -> int:
         with h5py.File(path, "r") as file:
             return file[node].id.get_num_chunks()
     return zarr.open_group(path, mode="r")[node].nchunks_initialized
+

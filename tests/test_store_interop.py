@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import xarray as xr
 import zarr
+from zarr.codecs import Crc32cCodec
 from store_helpers import C, D, SIZES, make_store, store_path
 
-from ncanalysis.store import DIMENSIONS
+from ncanalysis.store import DEFAULT_CHECKSUMS, DIMENSIONS
 
 
 def _open(path, group):
@@ -62,6 +63,7 @@ def test_zarr_arrays_are_named_explicitly_chunked_unsharded_uncompressed(tmp_pat
     for name, array in arrays.items():
         assert array.metadata.dimension_names == DIMENSIONS[name.rsplit("/")[-1]]
         assert array.shards is None
-        assert array.compressors == ()
+        # Uncompressed; format 1.1 stores append a crc32c checksum by default.
+        assert array.compressors == ((Crc32cCodec(),) if DEFAULT_CHECKSUMS else ())
     assert arrays["train/features"].chunks == (4, D)
     assert arrays["train/labels"].chunks == (4,)

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 
 import numpy as np
 import pytest
 import zarr
-from zarr.codecs import BloscCodec
-
+from dask.base import tokenize
 from store_helpers import make_store
+from zarr.codecs import BloscCodec, Crc32cCodec
 
-from ncanalysis.errors import StoreFormatError
-from ncanalysis.store import open_store
+from ncanalysis.errors import InputError, StoreFormatError
+from ncanalysis.store import DIRECT_READS_ENV, ChunkError, open_store
 from ncanalysis.store._rawzarr import RawRowChunks, raw_row_chunks
+from ncanalysis.store._zarr import ZarrRows
 
 
 def _array(tmp_path, values, chunk_rows, **kwargs) -> zarr.Array:
@@ -45,6 +47,8 @@ def test_every_row_slice_matches_zarr(tmp_path, dtype, separator):
 
 
 def test_missing_chunk_reads_as_fill_value_and_truncated_chunk_is_an_error(tmp_path):
+    """Outside a store (no ``where``) a missing chunk is zarr's fill value; a store's
+    complete epoch refuses it (tests/test_faults_store.py)."""
     values = np.arange(1, 41, dtype=np.float32).reshape(10, 4)
     array = _array(tmp_path, values, 4, compressors=None)
     reader = raw_row_chunks(array)
@@ -88,3 +92,61 @@ def test_store_features_take_the_direct_path(tmp_path):
         blocks = store.feature_blocks(0, "train", rows_per_block=1)
         assert isinstance(blocks.array, RawRowChunks)
         assert blocks.block_rows == features.chunks[0]
+
+
+@pytest.mark.parametrize("encoding", [{"name": "v2", "separator": "."},
+                                      {"name": "v2", "separator": "/"},
+                                      {"name": "default", "separator": "/"}])
+@pytest.mark.parametrize("checksum", [False, True])
+def test_v2_key_encoding_and_checksummed_chunks_read_directly(tmp_path, encoding, checksum):
+    values = np.random.default_rng(1).standard_normal((23, 5)).astype(np.float16)
+    array = _array(tmp_path, values, 4, compressors=[Crc32cCodec()] if checksum else None,
+                   chunk_key_encoding=encoding)
+    reader = raw_row_chunks(array)
+    assert isinstance(reader, RawRowChunks) and reader.checksum is checksum
+    # The file the reader names is the one zarr wrote (v2: "1.0", no "c" prefix).
+    assert os.path.exists(reader.chunk_path(5))
+    for start in range(0, 24, 3):
+        for stop in range(start, 24, 2):
+            np.testing.assert_array_equal(reader[start:stop, :], array[start:stop])
+
+
+def test_direct_crc32c_check_agrees_with_zarr(tmp_path):
+    """A flipped byte fails both zarr's crc32c codec and the direct reader's own check."""
+    values = np.arange(40, dtype=np.float32).reshape(10, 4)
+    array = _array(tmp_path, values, 4, compressors=[Crc32cCodec()])
+    reader = raw_row_chunks(array, where="somewhere")
+    with open(reader.chunk_path(1), "r+b") as file:
+        file.seek(5)
+        byte = file.read(1)[0]
+        file.seek(5)
+        file.write(bytes([byte ^ 0x10]))
+    with pytest.raises(ValueError, match="checksum"):
+        array[4:8]
+    with pytest.raises(ChunkError, match=r"somewhere: .*c/1/0: chunk fails its crc32c"):
+        reader[4:8, :]
+    np.testing.assert_array_equal(reader[0:4, :], values[0:4])
+    np.testing.assert_array_equal(reader[8:10, :], values[8:10])  # padded last chunk
+
+
+def test_fill_value_is_part_of_the_token(tmp_path):
+    array = _array(tmp_path, np.ones((8, 3), np.float32), 4, compressors=None)
+    reader = raw_row_chunks(array)
+    other = dataclasses.replace(reader, fill_value=np.float32(7))
+    assert tokenize(reader) == tokenize(raw_row_chunks(array))
+    assert tokenize(reader) != tokenize(other)
+
+
+def test_switch_turns_the_direct_reader_off(tmp_path, monkeypatch):
+    path = tmp_path / "store.zarr"
+    data = make_store(path, epochs=(0,))
+    expected = data[0].splits["train"][0].astype(np.float16)
+    for value, kind in (("0", ZarrRows), ("off", ZarrRows), ("1", RawRowChunks), ("", RawRowChunks)):
+        monkeypatch.setenv(DIRECT_READS_ENV, value)
+        with open_store(path) as store:
+            blocks = store.feature_blocks(0, "train", rows_per_block=8)
+            assert isinstance(blocks.array, kind), value
+            np.testing.assert_array_equal(blocks.array[0:22], expected)
+    monkeypatch.setenv(DIRECT_READS_ENV, "maybe")
+    with open_store(path) as store, pytest.raises(InputError, match=DIRECT_READS_ENV):
+        store.feature_blocks(0, "train")

@@ -1,4 +1,4 @@
-"""Write a store and read it back, on both backends."""
+"""Write a store and read it back, on both backends and both Zarr read paths."""
 
 from __future__ import annotations
 
@@ -11,6 +11,9 @@ from store_helpers import BACKENDS, C, D, SIZES, epoch_data, make_store, store_p
 
 from ncanalysis.errors import IncompleteEpochError, StoreFormatError
 from ncanalysis.store import FORMAT_VERSION, create_store, open_store, open_store_writer
+
+# Every test runs with the direct chunk reader and through zarr only (conftest.read_path).
+pytestmark = pytest.mark.usefixtures("read_path")
 
 
 @pytest.fixture(params=BACKENDS)

@@ -4,12 +4,15 @@ Read with `open_store`, check with `validate_store`, write with `create_store` /
 `open_store_writer`. The names and constants of the format live in `spec`.
 """
 
+from ._chunks import ChunkError
+from ._rawzarr import DIRECT_READS_ENV
 from .reader import Store, open_store
 from .spec import (
     BIAS,
     CLASSIFIER_DTYPES,
     COMPLETE_ATTR,
     DEFAULT_BLOCK_BYTES,
+    DEFAULT_CHECKSUMS,
     DEFAULT_CHUNK_BYTES,
     DIMENSIONS,
     EPOCHS_GROUP,
@@ -58,4 +61,7 @@ __all__ = [
     "HDF5_SUFFIXES",
     "DEFAULT_CHUNK_BYTES",
     "DEFAULT_BLOCK_BYTES",
+    "DEFAULT_CHECKSUMS",
+    "DIRECT_READS_ENV",
+    "ChunkError",
 ]

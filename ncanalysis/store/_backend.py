@@ -56,17 +56,25 @@ class Backend(Protocol):
         dtype: str,
         chunks: tuple[int, ...],
         dims: tuple[str, ...],
+        checksums: bool = False,
     ) -> None:
-        """Create an uncompressed, unsharded array filled with 0 and named dimensions."""
+        """Create an uncompressed, unsharded array filled with 0 and named dimensions.
+
+        With ``checksums``, every chunk carries a checksum verified on every read
+        (Zarr: the crc32c codec; HDF5: the fletcher32 filter).
+        """
 
     def write(self, group: str, start: int, arrays: dict[str, np.ndarray]) -> None:
         """Write each array into rows ``[start, start + len)`` of ``group/name``."""
 
     def read(self, node: str) -> np.ndarray:
-        """Read a whole array."""
+        """Read a whole array; ChunkError on a missing, damaged or corrupt chunk."""
 
     def chunks_written(self, node: str) -> tuple[int, int]:
         """Number of stored chunks of an array that were written, and in total."""
+
+    def chunk_problem(self, node: str) -> str | None:
+        """The first missing, wrongly sized or corrupt chunk of an array, or None."""
 
     def row_source(self, node: str) -> Any:
         """A picklable array-like of ``node`` whose row slices read as numpy."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
 import math
 import time
@@ -20,6 +21,7 @@ import h5py
 import numpy as np
 
 from ..errors import StoreFormatError
+from ._chunks import ChunkError, describe_node
 from .spec import EPOCHS_GROUP, ROOT_ATTR, ArrayInfo
 
 __all__ = ["HDF5Backend", "HDF5Proxy", "LOCK_WAIT_S"]
@@ -130,12 +132,16 @@ class HDF5Backend:
         dtype: str,
         chunks: tuple[int, ...],
         dims: tuple[str, ...],
+        checksums: bool = False,
     ) -> None:
         parent, name = node.rsplit("/", 1)
         with self._file() as file:
             group = file[parent]
             # Uncompressed: gzip and lzf wrote at 11-93 MB/s here (docs/store-format.md, sec. 10).
-            dataset = group.create_dataset(name, shape=shape, dtype=dtype, chunks=chunks)
+            # fletcher32 adds a 4-byte checksum per chunk that HDF5 checks on every read.
+            dataset = group.create_dataset(
+                name, shape=shape, dtype=dtype, chunks=chunks, fletcher32=checksums
+            )
             for axis, dim in enumerate(dims):
                 dataset.dims[axis].attach_scale(_scale(group, dim, shape[axis]))
 
@@ -145,8 +151,11 @@ class HDF5Backend:
                 file[f"{group}/{name}"][start : start + len(values)] = values
 
     def read(self, node: str) -> np.ndarray:
-        with self._file() as file:
-            return file[node][()]
+        """Read a whole array of a complete epoch: every chunk must be there and intact."""
+        info = self.info(node)
+        return HDF5Proxy(str(self.path), node, info.shape, info.dtype, describe_node(self.path, node))[
+            ...
+        ]
 
     def chunks_written(self, node: str) -> tuple[int, int]:
         with self._file() as file:
@@ -156,9 +165,30 @@ class HDF5Backend:
             total = math.prod(-(-n // c) for n, c in zip(dataset.shape, dataset.chunks))
             return dataset.id.get_num_chunks(), total
 
+    def chunk_problem(self, node: str) -> str | None:
+        """The first unwritten chunk of an array, or one that fails its fletcher32, or None."""
+        with self._file() as file:
+            dataset = file[node]
+            written = dataset.chunks is None or dataset.id.get_num_chunks() == math.prod(
+                -(-n // c) for n, c in zip(dataset.shape, dataset.chunks)
+            )
+            checksummed = dataset.fletcher32
+        if written and not checksummed:
+            return None  # nothing more to check without reading every value for nothing
+        info = self.info(node)
+        proxy = HDF5Proxy(str(self.path), node, info.shape, info.dtype, describe_node(self.path, node))
+        unit = info.chunks[0]
+        try:
+            for start in range(0, info.shape[0], unit):
+                # Reading checks that the chunks exist; HDF5 verifies fletcher32 on read.
+                proxy[start : start + unit]
+        except ChunkError as err:
+            return str(err).removeprefix(f"{proxy.where}: ")
+        return None
+
     def row_source(self, node: str) -> HDF5Proxy:
         info = self.info(node)
-        return HDF5Proxy(str(self.path), node, info.shape, info.dtype)
+        return HDF5Proxy(str(self.path), node, info.shape, info.dtype, describe_node(self.path, node))
 
     def close(self) -> None:
         """Nothing to release: no call leaves the file open."""
@@ -216,6 +246,10 @@ class HDF5Proxy:
     name: str
     shape: tuple[int, ...]
     dtype: np.dtype
+    #: ``"<store>: epoch E, split 'S', array 'A'"`` for an array of a store's complete
+    #: epoch: an unwritten chunk is then an error (HDF5 would return the fill value),
+    #: and a read error (a failed fletcher32) names the chunk. Empty for other files.
+    where: str = ""
 
     @property
     def ndim(self) -> int:
@@ -223,7 +257,51 @@ class HDF5Proxy:
 
     def __getitem__(self, key: Any) -> np.ndarray:
         with _open(self.path, "r") as file:
-            return file[self.name][key]
+            dataset = file[self.name]
+            if not self.where:
+                return dataset[key]
+            rows = key[0] if isinstance(key, tuple) else key
+            start, stop = (rows.indices(self.shape[0])[:2]
+                           if isinstance(rows, slice) and self.shape else (0, None))
+            self._check_allocated(dataset, start, stop)
+            try:
+                return dataset[key]
+            except OSError as err:
+                raise ChunkError(
+                    f"{self.where}: {self._damaged(dataset, start, stop)} cannot be read "
+                    f"({err}; with fletcher32 checksums: its bytes changed)"
+                ) from err
+
+    def _damaged(self, dataset: h5py.Dataset, start: int, stop: int | None) -> str:
+        """Name the first chunk of rows ``start:stop`` that h5py cannot read."""
+        unit = (dataset.chunks or dataset.shape or (1,))[0]
+        stop = self.shape[0] if stop is None and self.shape else (stop or 1)
+        for row in range(start - start % unit, stop, unit):
+            try:
+                dataset[row : row + unit]
+            except OSError:
+                return f"the chunk at rows {row}..{min(row + unit, self.shape[0]) - 1}"
+        return f"rows {start}..{stop - 1}"
+
+    def _check_allocated(self, dataset: h5py.Dataset, start: int, stop: int | None) -> None:
+        """Raise ChunkError on an unwritten chunk among rows ``start:stop`` (one query per chunk)."""
+        chunks = dataset.chunks
+        if chunks is None or not self.shape:
+            return
+        stop = self.shape[0] if stop is None else stop
+        # Quick path: the common complete array has every chunk (one call).
+        total = math.prod(-(-n // c) for n, c in zip(self.shape, chunks))
+        if dataset.id.get_num_chunks() == total:
+            return
+        others = [range(0, n, c) for n, c in zip(self.shape[1:], chunks[1:])]
+        for row in range(start - start % chunks[0], stop, chunks[0]):
+            for rest in (itertools.product(*others) if others else [()]):
+                if dataset.id.get_chunk_info_by_coord((row, *rest)).byte_offset is None:
+                    raise ChunkError(
+                        f"{self.where}: {self.path}: chunk at rows {row}.."
+                        f"{min(row + chunks[0], self.shape[0]) - 1} was never written "
+                        "(a complete epoch has every chunk)"
+                    )
 
     def __dask_tokenize__(self) -> tuple:
-        return (type(self).__name__, self.path, self.name, self.shape, str(self.dtype))
+        return (type(self).__name__, self.path, self.name, self.shape, str(self.dtype), self.where)

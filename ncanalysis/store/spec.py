@@ -37,6 +37,7 @@ __all__ = [
     "HDF5_SUFFIXES",
     "DEFAULT_CHUNK_BYTES",
     "DEFAULT_BLOCK_BYTES",
+    "DEFAULT_CHECKSUMS",
     "MIN_BLOCK_BYTES",
     "BLOCKS_PER_SPLIT",
     "ArrayInfo",
@@ -55,7 +56,7 @@ __all__ = [
 ]
 
 FORMAT_NAME = "ncanalysis-store"
-FORMAT_VERSION = "1.0"
+FORMAT_VERSION = "1.1"
 FORMAT_MAJOR = int(FORMAT_VERSION.split(".")[0])
 #: The one root attribute that holds the format name, version and store-wide metadata.
 ROOT_ATTR = "ncanalysis"
@@ -89,6 +90,10 @@ HDF5_SUFFIXES = (".h5", ".hdf5")
 #: Stored bytes of features per chunk when chunk_rows is not given: a few MB keeps the
 #: number of files per epoch in the hundreds at ImageNet scale and each read large.
 DEFAULT_CHUNK_BYTES = 8 << 20
+#: Whether new stores checksum every chunk (format 1.1; Zarr crc32c, HDF5 fletcher32).
+#: Verifying them cost ~1 % of the analysis of an ImageNet-10% epoch (+0.07 s of CPU per
+#: 565 MB read pass; benchmarks/RESULTS.md, "Checksums"), under the 5 % allowed: on by default.
+DEFAULT_CHECKSUMS = True
 #: Stored bytes of features per dask block when rows_per_block is not given: a
 #: split is cut into about BLOCKS_PER_SPLIT blocks, so that the last blocks of a
 #: pass keep every worker busy, of MIN_BLOCK_BYTES to DEFAULT_BLOCK_BYTES each

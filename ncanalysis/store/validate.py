@@ -32,9 +32,10 @@ def validate_store(path: str | os.PathLike[str]) -> list[str]:
 
     Every array of every complete epoch is checked: presence, shape, dtype, dimension
     names, whole-row chunks, every chunk written; and the values of the small arrays:
-    labels in 0..C-1, sample indices >= 0, a finite classifier. Feature values are not
-    read (the writer refuses non-finite ones). Incomplete epochs are reported, not
-    checked further.
+    labels in 0..C-1, sample indices >= 0, a finite classifier; the size of every
+    uncompressed chunk file, and the checksum of every chunk that has one (which reads
+    those chunks). Feature values are not otherwise checked (the writer refuses
+    non-finite ones). Incomplete epochs are reported, not checked further.
 
     Parameters
     ----------
@@ -66,7 +67,11 @@ def _store_problems(backend: Backend, c: int, d: int) -> list[str]:
     if not backend.has(EPOCHS_GROUP):
         return [f"{backend.path}: group {EPOCHS_GROUP!r} is missing"]
     problems = []
-    for name in backend.groups(EPOCHS_GROUP):
+    try:
+        names = backend.groups(EPOCHS_GROUP)
+    except StoreFormatError as err:  # an epoch's zarr.json that is not JSON
+        return [str(err)]
+    for name in names:
         epoch = parse_epoch_name(name)
         if epoch is None:
             problems.append(
@@ -75,7 +80,10 @@ def _store_problems(backend: Backend, c: int, d: int) -> list[str]:
         elif backend.get_attr(epoch_node(epoch), COMPLETE_ATTR) != 1:
             problems.append(f"{backend.path}: epoch {epoch} is incomplete (not finalized)")
         else:
-            problems += _epoch_problems(backend, epoch, c, d)
+            try:
+                problems += _epoch_problems(backend, epoch, c, d)
+            except StoreFormatError as err:  # e.g. a zarr.json that is not JSON
+                problems.append(str(err))
     return problems
 
 
@@ -116,6 +124,9 @@ def _array_problem(
         written, total = backend.chunks_written(node)
         if written < total:
             problem = f"only {written} of {total} chunks written"
+    if problem is None:
+        # Sizes of uncompressed chunk files, and checksums where the array has them.
+        problem = backend.chunk_problem(node)
     # Every array but the features is small enough to read whole.
     if problem is None and name != FEATURES:
         problem = _value_problem(backend.read(node), name, num_classes)

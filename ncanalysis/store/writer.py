@@ -25,6 +25,7 @@ from .spec import (
     BIAS,
     COMPLETE_ATTR,
     DIMENSIONS,
+    DEFAULT_CHECKSUMS,
     FEATURE_DTYPES,
     FEATURES,
     FORMAT_NAME,
@@ -58,6 +59,7 @@ def create_store(
     chunk_rows: int | None = None,
     provenance: Mapping[str, Any] | None = None,
     overwrite: bool = False,
+    checksums: bool = DEFAULT_CHECKSUMS,
 ) -> StoreWriter:
     """Create an empty store and return a writer for it.
 
@@ -80,6 +82,10 @@ def create_store(
         creation time under ``created``.
     overwrite
         Replace an existing ncanalysis store at ``path`` (never anything else).
+    checksums
+        Give every chunk a checksum that both read paths verify on every read (Zarr:
+        the crc32c codec; HDF5: the fletcher32 filter), so that changed bytes are an
+        error, not silently different numbers. Default `DEFAULT_CHECKSUMS`.
 
     Returns
     -------
@@ -101,6 +107,8 @@ def create_store(
     _check_feature_dtype(feature_dtype)
     if chunk_rows is not None:
         _count(chunk_rows, "chunk_rows")
+    if not isinstance(checksums, bool):
+        raise InputError(f"checksums must be True or False, got {checksums!r}")
     meta = {
         "format": FORMAT_NAME,
         "version": FORMAT_VERSION,
@@ -109,6 +117,7 @@ def create_store(
         "class_names": names,
         "feature_dtype": feature_dtype,
         "chunk_rows": chunk_rows,
+        "checksums": checksums,
         "provenance": _provenance(provenance),
     }
     if path.exists():
@@ -139,6 +148,8 @@ class StoreWriter:
         Default storage dtype of features.
     chunk_rows : int or None
         Rows per stored chunk of new splits; None for about 8 MiB of features.
+    checksums : bool
+        Whether new arrays get chunk checksums (the store's choice at creation).
     """
 
     def __init__(self, backend: Backend, meta: dict) -> None:
@@ -148,6 +159,8 @@ class StoreWriter:
         self.num_features: int = meta["num_features"]
         self.feature_dtype: str = meta.get("feature_dtype", "float16")
         self.chunk_rows: int | None = meta.get("chunk_rows")
+        # Stores of format 1.0 have no checksums; new epochs keep the store's choice.
+        self.checksums: bool = meta.get("checksums") is True
 
     def begin_epoch(self, epoch: int) -> EpochWriter:
         """Create epoch ``epoch``, marked incomplete, replacing one of that number.
@@ -336,6 +349,7 @@ class EpochWriter:
                     dtype=values.dtype.name,
                     chunks=values.shape,
                     dims=DIMENSIONS[name],
+                    checksums=self._store.checksums,
                 )
         self._backend.write(node, 0, {WEIGHT: w, BIAS: b})
 
@@ -395,6 +409,7 @@ class EpochWriter:
                 dtype=dtypes[name],
                 chunks=(rows, *shape[1:]),
                 dims=DIMENSIONS[name],
+                checksums=self._store.checksums,
             )
         self._layouts[split] = (num_samples, rows, dtype)
 
