@@ -588,7 +588,8 @@ def update_results(
 
     What is there is read at write time, under the lock, so that two processes
     adding epochs to the same results keep each other's.  Earlier results are
-    kept when they come from the same ``source`` with the same settings
+    kept when they come from the same ``source`` (not checked for a store's own
+    results, which follow the store when it is moved) with the same settings
     (:data:`SETTINGS`) and model; otherwise (or with ``replace``) ``new``
     replaces them.
 
@@ -602,15 +603,16 @@ def update_results(
         merged = new
         if not replace:
             old = _read_existing(path, in_store, lock_timeout)
-            if old is not None and _compatible(old, new):
+            if old is not None and _compatible(old, new, in_store):
                 merged = merge_results(old, new)
         _save_unlocked(merged, path, in_store, lock_timeout)
     return merged
 
 
-def _compatible(old: xr.Dataset, new: xr.Dataset) -> bool:
-    same = all(old.attrs.get(key) == new.attrs.get(key)
-               for key in ("source", "num_classes", "num_features"))
+def _compatible(old: xr.Dataset, new: xr.Dataset, in_store: bool) -> bool:
+    # A store's own results describe it wherever it has been moved or copied to.
+    keys = ("num_classes", "num_features") + (() if in_store else ("source",))
+    same = all(old.attrs.get(key) == new.attrs.get(key) for key in keys)
     return same and settings_of(old) == settings_of(new)
 
 
