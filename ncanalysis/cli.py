@@ -286,8 +286,9 @@ def _analysis_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    failed: dict[int, BaseException] = {}
     if _check_run_options(args):
-        ds, failed = _run_dump(args), {}
+        ds = _run_dump(args)
     else:
         ds, failed = _run_store(args)
     if ds is not None:
@@ -392,7 +393,7 @@ def _run_store(args: argparse.Namespace) -> tuple[Any, dict[int, BaseException]]
         _log(args, f"analysing epoch(s) {_epoch_ranges(plan.todo)}")
         from .engine import analyze  # here: a run with nothing to do never loads numba
 
-        merged, saved = plan.keep, []
+        merged, saved = plan.keep, list[int]()
         with _scheduler(args) as scheduler:
             for epoch in plan.todo:
                 try:

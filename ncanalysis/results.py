@@ -112,13 +112,13 @@ def _normalise(ds: xr.Dataset) -> xr.Dataset:
     attributes and ``<U`` strings.
     """
     ds = ds.load()
-    for name in _STRING_VARIABLES:
-        if name in ds.variables and ds[name].dtype.kind not in "U":
-            text = np.asarray(ds[name].values.tolist(), dtype=str)
-            if name in ds.coords:
-                ds = ds.assign_coords({name: (ds[name].dims, text)})
+    for var in _STRING_VARIABLES:
+        if var in ds.variables and ds[var].dtype.kind not in "U":
+            text = np.asarray(ds[var].values.tolist(), dtype=str)
+            if var in ds.coords:
+                ds = ds.assign_coords({var: (ds[var].dims, text)})
             else:
-                ds[name] = (ds[name].dims, text)
+                ds[var] = (ds[var].dims, text)
     ds.attrs = {key: _plain(value) for key, value in ds.attrs.items()}
     for name in ds.variables:
         ds[name].attrs = {}
@@ -134,11 +134,11 @@ def _for_writing(ds: xr.Dataset) -> xr.Dataset:
     object arrays are written as the former.
     """
     out = ds.copy()
-    for name in _STRING_VARIABLES:
-        if name in out.coords:
-            out = out.assign_coords({name: (out[name].dims, out[name].values.astype(object))})
-        elif name in out.data_vars:
-            out[name] = (out[name].dims, out[name].values.astype(object))
+    for var in _STRING_VARIABLES:
+        if var in out.coords:
+            out = out.assign_coords({var: (out[var].dims, out[var].values.astype(object))})
+        elif var in out.data_vars:
+            out[var] = (out[var].dims, out[var].values.astype(object))
     for name in out.variables:
         out[name].encoding = {}
     return out
@@ -536,12 +536,19 @@ def save_results(
 
     Notes
     -----
-    Writes are serialised by a lock file (:func:`results_lock_path`).  The new
+    Results are recognised by their ``ncanalysis_version`` attribute (added
+    when ``ds`` lacks it) or, for JSON, the ``format`` key.  Writes are
+    serialised by a lock file (:func:`results_lock_path`).  The new
     results are written aside, flushed to disk and renamed into place, so
     readers and crashes see either the old or the new results, never a mix
     and never none; a later write cleans up what a killed one left.
     """
     path = Path(path)
+    if "ncanalysis_version" not in ds.attrs:
+        # The mark by which a later save recognises these results as replaceable.
+        from ._version import __version__
+
+        ds = ds.assign_attrs(ncanalysis_version=__version__)
     with _locked(path, in_store, lock_timeout):
         return _save_unlocked(ds, path, in_store, lock_timeout)
 

@@ -26,8 +26,8 @@ import numpy as np
 import pytest
 import xarray as xr
 import zarr
-
 from cli_helpers import append_epoch, epoch_arrays, make_store, run_cli_many
+
 from ncanalysis import cli, results
 from ncanalysis.errors import InputError, NCAnalysisError
 from ncanalysis.store import open_store
@@ -206,7 +206,7 @@ def test_kill_at_every_step_of_a_results_write(tmp_path, suffix):
         done = run_killed(k, "all", "run", work, "-q")
         # The earlier results read back, whatever the moment of the kill.
         now = results.load_results(work)
-        xr.testing.assert_identical(numbers(now, [0, 1]), numbers(earlier, [0, 1]))
+        xr.testing.assert_equal(numbers(now, [0, 1]), numbers(earlier, [0, 1]))
         if done.returncode == 0:
             assert not leftovers(work)
             break
@@ -330,7 +330,6 @@ def test_rewritten_epoch_is_analysed_again(tmp_path, suffix, capsys):
     xr.testing.assert_identical(after.sel(epoch=[0, 2])["nc1"], before.sel(epoch=[0, 2])["nc1"])
     with open_store(store) as opened:
         assert after["epoch_identity"].values.tolist()[1] == opened.epoch_identity(1)
-    assert opened.epoch_identity  # noqa: B018 (the reader offers it)
 
 
 def test_epoch_identity_round_trips_every_format(analysed, tmp_path):
