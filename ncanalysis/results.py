@@ -216,7 +216,12 @@ def _sync(path: Path) -> None:
     for item in paths:
         if item.is_symlink():
             continue
-        fd = os.open(item, os.O_RDONLY)
+        try:
+            fd = os.open(item, os.O_RDONLY)
+        except FileNotFoundError:
+            # Seen once under load: a chunk listed, then gone (zarr drops chunks that
+            # hold only the fill value); what is not there needs no flushing.
+            continue
         try:
             os.fsync(fd)
         finally:
