@@ -140,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--overwrite", action="store_true",
                      help="discard earlier results at the destination and analyse every "
                      "selected epoch again")
+    out.add_argument("--keep-going", action="store_true",
+                     help="skip an epoch that cannot be analysed and go on with the others "
+                     "(they are listed at the end; exit code 3)")
     out.add_argument("-q", "--quiet", action="store_true",
                      help="no progress bar or log lines on stderr")
     sel = run.add_argument_group("selection")
@@ -303,20 +306,40 @@ def _analysis_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    ds = _run_dump(args) if _check_run_options(args) else _run_store(args)
-    if args.json:
-        from .results import to_json_dict
-
-        _print_result(json.dumps(to_json_dict(ds), allow_nan=False))
+    failed: dict[int, BaseException] = {}
+    if _check_run_options(args):
+        ds = _run_dump(args)
     else:
-        _print_result(format_table(ds))
+        ds, failed = _run_store(args)
+    if ds is not None:
+        if args.json:
+            from .results import to_json_dict
+
+            _print_result(json.dumps(to_json_dict(ds), allow_nan=False))
+        else:
+            _print_result(format_table(ds))
+    if failed:
+        for epoch, error in failed.items():
+            print(f"{_PROG} run: epoch {epoch} skipped: {_one_line(error)}", file=sys.stderr)
+        print(f"{_PROG} run: error: {len(failed)} epoch(s) could not be analysed "
+              f"({_epoch_ranges(sorted(failed))}); the others are saved", file=sys.stderr)
+        return EXIT_INVALID
     return EXIT_OK
+
+
+def _check_output(args: argparse.Namespace) -> None:
+    """Refuse, before any work, an --output that is not ncanalysis results (exit 3)."""
+    from .results import check_replaceable
+
+    if args.output is not None:
+        check_replaceable(args.output)
 
 
 def _run_dump(args: argparse.Namespace) -> Any:
     from .dumps import analyze_file
     from .results import ALL_SPLITS, save_results
 
+    _check_output(args)
     with _scheduler(args) as scheduler:
         ds = analyze_file(
             args.path, features=args.features, labels=args.labels, weight=args.weight,
@@ -348,13 +371,23 @@ def _existing_results(args: argparse.Namespace, source: str) -> Any:
     return existing
 
 
-def _run_store(args: argparse.Namespace) -> Any:
-    from .results import merge_results, plan_resume, run_settings, save_results
+#: Errors that make one epoch unusable (bad or unreadable data); --keep-going skips them.
+_EPOCH_ERRORS = (NCAnalysisError, OSError)
+
+
+def _run_store(args: argparse.Namespace) -> tuple[Any, dict[int, BaseException]]:
+    """Analyse the store epoch by epoch, saving the results after each one.
+
+    Returns the results now at the destination (None when none could be made)
+    and the epochs skipped by --keep-going with their errors.
+    """
+    from .results import plan_resume, run_settings, update_results
     from .store import open_store
 
     settings = run_settings(global_mean=args.global_mean, pinv_rtol=args.pinv_rtol,
                             gemm_dtype=args.gemm_dtype, ncc=args.ncc, splits=args.splits)
     source = os.path.abspath(args.path)
+    _check_output(args)
     try:
         # Absolute: dask.distributed workers open the store themselves, each in
         # its own working directory.
@@ -364,28 +397,47 @@ def _run_store(args: argparse.Namespace) -> Any:
             f"{err} (to analyse another project's file, name its arrays with --features, "
             "--labels and --weight)"
         ) from err
+    target = args.output if args.output is not None else source
+    where = f"{target}" + ("" if args.output else " (group 'results')")
+    failed: dict[int, BaseException] = {}
     with store:
         complete = store.epochs()
         wanted = complete if args.epochs is None else args.epochs
         _check_epochs(args.path, wanted, complete, store.incomplete_epochs())
         existing = _existing_results(args, source)
-        plan = plan_resume(existing, wanted, settings)
+        identities = {e: store.epoch_identity(e) for e in wanted}
+        plan = plan_resume(existing, wanted, settings, identities)
         _log(args, f"{args.path}: {len(plan.todo)} epoch(s) to analyse, {plan.reason}")
         if not plan.todo:
-            return plan.keep
+            return plan.keep, failed
         _log(args, f"analysing epoch(s) {_epoch_ranges(plan.todo)}")
         from .engine import analyze  # here: a run with nothing to do never loads numba
 
+        merged, saved = plan.keep, list[int]()
         with _scheduler(args) as scheduler:
-            new = analyze(store, epochs=plan.todo, splits=args.splits, scheduler=scheduler,
-                          **_analysis_options(args))
-    # The attributes that make later runs resumable.
-    new.attrs.update(source=source, splits_selected=settings["splits_selected"])
-    merged = new if plan.keep is None else merge_results(plan.keep, new)
-    target = args.output if args.output is not None else args.path
-    _log(args, f"writing results to {target}" + ("" if args.output else " (group 'results')"))
-    save_results(merged, target, in_store=args.output is None)
-    return merged
+            for epoch in plan.todo:
+                try:
+                    new = analyze(store, epochs=[epoch], splits=args.splits,
+                                  scheduler=scheduler, **_analysis_options(args))
+                except _EPOCH_ERRORS as err:
+                    if not args.keep_going:
+                        if saved:
+                            _log(args, f"stopped at epoch {epoch}; epoch(s) "
+                                 f"{_epoch_ranges(saved)} analysed and saved to {where}")
+                        raise
+                    _log(args, f"epoch {epoch} skipped (--keep-going): {_one_line(err)}")
+                    failed[epoch] = err
+                    continue
+                # The attributes that make later runs resumable.
+                new.attrs.update(source=source, splits_selected=settings["splits_selected"])
+                # Merged under the results lock with what is there now: another
+                # run may have added epochs since this one started.
+                merged = update_results(new, target, in_store=args.output is None,
+                                        replace=args.overwrite and not saved)
+                saved.append(epoch)
+    if saved:
+        _log(args, f"results of epoch(s) {_epoch_ranges(saved)} saved to {where}")
+    return merged, failed
 
 
 def _check_epochs(path: str, wanted: Sequence[int], complete: Sequence[int],

@@ -577,16 +577,22 @@ def analyze(
     Returns
     -------
     xarray.Dataset
-        Dimensions epoch, split and class.
+        Dimensions epoch, split and class; ``epoch_identity`` (over epoch) holds
+        each epoch's :meth:`~ncanalysis.store.Store.epoch_identity` ("" for
+        stores written before format 1.1).
     """
     from .store import Store, open_store
 
     store = store_or_path if isinstance(store_or_path, Store) else open_store(store_or_path)
     wanted = store.epochs() if epochs is None else [int(e) for e in epochs]
     chosen = None if splits is None else list(splits)
+    identities: dict[int, str] = {}
 
     def items() -> Iterable[EpochInput]:
         for epoch in wanted:
+            # Read before the data: an epoch rewritten during its analysis then
+            # keeps the old identity, and the next run analyses it again.
+            identities[epoch] = store.epoch_identity(epoch) or ""
             names = store.splits(epoch)
             if chosen is not None:
                 missing = [s for s in chosen if s not in names]
@@ -609,7 +615,7 @@ def analyze(
                 where=os.fspath(store.path),
             )
 
-    return analyze_epochs(
+    dataset = analyze_epochs(
         items(),
         num_classes=store.num_classes,
         num_features=store.num_features,
@@ -622,3 +628,5 @@ def analyze(
         ncc=ncc,
         progress=progress,
     )
+    epoch_ids = [identities[e] for e in dataset["epoch"].values.tolist()]
+    return dataset.assign(epoch_identity=("epoch", np.asarray(epoch_ids, dtype=str)))

@@ -20,13 +20,16 @@ still need work, and :func:`merge_results` adds new epochs to old results.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import os
+import re
 import shutil
+import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,27 +37,31 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from .errors import InputError, StoreFormatError
+from .errors import InputError, NCAnalysisError, StoreFormatError
 from .metrics import INT_VARIABLES
 from .store.spec import RESULTS_GROUP, ROOT_ATTR, is_hdf5_path
 
 __all__ = [
-    "RESULTS_FORMATS",
     "ALL_SPLITS",
+    "LOCK_TIMEOUT_S",
+    "RESULTS_FORMATS",
     "SETTINGS",
-    "save_results",
-    "load_results",
-    "has_store_results",
-    "to_json_dict",
-    "from_json_dict",
-    "to_csv_text",
-    "from_csv_text",
-    "run_settings",
-    "settings_of",
     "ResumePlan",
-    "plan_resume",
+    "check_replaceable",
+    "from_csv_text",
+    "from_json_dict",
+    "has_store_results",
+    "load_results",
     "merge_results",
+    "plan_resume",
+    "results_lock_path",
+    "run_settings",
+    "save_results",
+    "settings_of",
+    "to_csv_text",
+    "to_json_dict",
     "tpt_start_epoch",
+    "update_results",
 ]
 
 #: Suffixes of the stand-alone result files that save_results and load_results know.
@@ -69,7 +76,10 @@ SETTINGS = ("global_mean", "pinv_rtol", "gemm_dtype", "ncc_reference_split", "sp
 _JSON_FORMAT = "ncanalysis-results"
 _JSON_VERSION = 1
 _CSV_ATTR_PREFIX = "# "
-#: The integer variables of a results Dataset (docs/dev/contract.md); -1 marks a missing split.
+#: The data variable holding each epoch's identity in its store ("" when the store had none).
+IDENTITY = "epoch_identity"
+#: Variables holding text, which every backend hands back in its own string type.
+_STRING_VARIABLES = ("split", "class_name", IDENTITY)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -102,10 +112,13 @@ def _normalise(ds: xr.Dataset) -> xr.Dataset:
     attributes and ``<U`` strings.
     """
     ds = ds.load()
-    for name in ("split", "class_name"):
-        if name in ds.coords and ds[name].dtype.kind not in "U":
-            text = np.asarray(ds[name].values.tolist(), dtype=str)
-            ds = ds.assign_coords({name: (ds[name].dims, text)})
+    for var in _STRING_VARIABLES:
+        if var in ds.variables and ds[var].dtype.kind not in "U":
+            text = np.asarray(ds[var].values.tolist(), dtype=str)
+            if var in ds.coords:
+                ds = ds.assign_coords({var: (ds[var].dims, text)})
+            else:
+                ds[var] = (ds[var].dims, text)
     ds.attrs = {key: _plain(value) for key, value in ds.attrs.items()}
     for name in ds.variables:
         ds[name].attrs = {}
@@ -121,48 +134,98 @@ def _for_writing(ds: xr.Dataset) -> xr.Dataset:
     object arrays are written as the former.
     """
     out = ds.copy()
-    for name in ("split", "class_name"):
-        if name in out.coords:
-            out = out.assign_coords({name: (out[name].dims, out[name].values.astype(object))})
+    for var in _STRING_VARIABLES:
+        if var in out.coords:
+            out = out.assign_coords({var: (out[var].dims, out[var].values.astype(object))})
+        elif var in out.data_vars:
+            out[var] = (out[var].dims, out[var].values.astype(object))
     for name in out.variables:
         out[name].encoding = {}
     return out
 
 
-def _temporary_sibling(path: Path) -> Path:
-    """A fresh path in the same directory, so that os.replace is a rename."""
-    return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+_TMP_TAG = "tmp"
+_OLD_TAG = "old"
+#: Seconds :func:`save_results` waits for another process's results lock, and
+#: for an HDF5 store's file lock (a training run writing the file), before it fails.
+LOCK_TIMEOUT_S = 300.0
 
 
-def _replace_tree(tmp: Path, path: Path) -> None:
-    """Put the directory ``tmp`` in place of ``path`` (which may exist)."""
-    if path.exists():
-        old = _temporary_sibling(path)
-        os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old)
+def _sibling(path: Path, tag: str) -> Path:
+    """A fresh path ``.<name>.<tag>-<8 hex>`` in the same directory (os.replace is a rename)."""
+    return path.with_name(f".{path.name}.{tag}-{uuid.uuid4().hex[:8]}")
+
+
+def _siblings(path: Path, tag: str) -> list[Path]:
+    """The ``.<name>.<tag>-<8 hex>`` siblings of ``path`` that save_results made, oldest first."""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.{tag}-[0-9a-f]{{8}}")
+    if not path.parent.is_dir():
+        return []
+    found = [p for p in path.parent.iterdir() if pattern.fullmatch(p.name)]
+    return sorted(found, key=lambda p: p.lstat().st_mtime)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
     else:
-        os.replace(tmp, path)
+        path.unlink(missing_ok=True)
+
+
+def _recover(path: Path) -> None:
+    """Undo what a killed :func:`_write_atomically` left next to ``path`` (hold the lock).
+
+    A kill between the two renames leaves ``path`` missing and the earlier
+    results under a ``.old-`` name: they are put back.  Temporaries are deleted.
+    """
+    backups = _siblings(path, _OLD_TAG)
+    if backups and not os.path.lexists(path):
+        os.replace(backups.pop(), path)
+    for leftover in [*backups, *_siblings(path, _TMP_TAG)]:
+        _remove(leftover)
 
 
 def _write_atomically(path: Path, write: Any, *, directory: bool = False) -> None:
-    """Call ``write(tmp)`` and move the result to ``path``.
+    """Call ``write(tmp)`` and move the result to ``path`` (hold the lock).
 
     A reader (or a crash) never sees a half-written results file: the old one
-    stays until the new one is complete.
+    stays until the new one is complete.  A directory cannot be swapped in one
+    rename; the old one is first renamed to a ``.old-`` sibling, which
+    :func:`_recover` puts back if the process dies before the second rename.
     """
-    tmp = _temporary_sibling(path)
+    tmp = _sibling(path, _TMP_TAG)
     try:
         write(tmp)
-        if directory:
-            _replace_tree(tmp, path)
+        _sync(tmp)
+        if directory and os.path.lexists(path):
+            old = _sibling(path, _OLD_TAG)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            _remove(old)
         else:
             os.replace(tmp, path)
+        _sync(path.parent)
     finally:
-        if tmp.is_dir():
-            shutil.rmtree(tmp)
-        elif tmp.exists():
-            tmp.unlink()
+        if os.path.lexists(tmp):
+            _remove(tmp)
+
+
+def _sync(path: Path) -> None:
+    """Flush a file, or a directory's entries and files, to disk (durable before a rename)."""
+    paths = [path] if not path.is_dir() else [*path.rglob("*"), path]
+    for item in paths:
+        if item.is_symlink():
+            continue
+        try:
+            fd = os.open(item, os.O_RDONLY)
+        except FileNotFoundError:
+            # Seen once under load: a chunk listed, then gone (zarr drops chunks that
+            # hold only the fill value); what is not there needs no flushing.
+            continue
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 # --------------------------------------------------------------------------- JSON
@@ -253,13 +316,16 @@ def to_csv_text(ds: xr.Dataset) -> str:
         buffer.write(f"{_CSV_ATTR_PREFIX}{key}: {json.dumps(_plain(value))}\n")
     writer = csv.writer(buffer, lineterminator="\n")
     columns = [c for c in _csv_columns() if c in ds.data_vars]
-    writer.writerow(["epoch", "split", *columns])
+    identity = IDENTITY in ds.data_vars
+    writer.writerow(["epoch", "split", *columns, *([IDENTITY] if identity else [])])
     values = {name: ds[name].transpose("epoch", "split").values for name in columns}
     for i, epoch in enumerate(ds["epoch"].values.tolist()):
         for j, split in enumerate(ds["split"].values.tolist()):
             if "n_samples" in values and values["n_samples"][i, j] < 0:
                 continue
-            writer.writerow([epoch, split, *(repr(_plain(values[c][i, j])) for c in columns)])
+            extra = [str(ds[IDENTITY].values[i])] if identity else []
+            writer.writerow([epoch, split, *(repr(_plain(values[c][i, j])) for c in columns),
+                             *extra])
     return buffer.getvalue()
 
 
@@ -279,7 +345,8 @@ def from_csv_text(text: str, *, where: str = "CSV") -> xr.Dataset:
     if not rows or rows[0][:2] != ["epoch", "split"]:
         raise StoreFormatError(f"{where}: no 'epoch,split,...' header line")
     header, rows = rows[0], rows[1:]
-    columns = header[2:]
+    identity = header[-1] == IDENTITY
+    columns = header[2:-1] if identity else header[2:]
     unknown = [c for c in columns if c not in _csv_columns()]
     if unknown:
         raise StoreFormatError(f"{where}: unknown column(s) {unknown}")
@@ -291,6 +358,7 @@ def from_csv_text(text: str, *, where: str = "CSV") -> xr.Dataset:
                        dtype=np.int64 if c in INT_VARIABLES else np.float64)
             for c in columns
         }
+        identities = [""] * len(epochs)
         for number, row in enumerate(rows, start=body_start + 2):
             if len(row) != len(header):
                 raise StoreFormatError(f"{where}: line {number}: {len(row)} fields, "
@@ -298,10 +366,15 @@ def from_csv_text(text: str, *, where: str = "CSV") -> xr.Dataset:
             i, j = epochs.index(int(row[0])), splits.index(row[1])
             for c, text_value in zip(columns, row[2:]):
                 data[c][i, j] = int(text_value) if c in INT_VARIABLES else float(text_value)
+            if identity:
+                identities[i] = row[-1]
     except ValueError as err:
         raise StoreFormatError(f"{where}: malformed value: {err}") from err
+    variables: dict[str, tuple] = {c: (("epoch", "split"), v) for c, v in data.items()}
+    if identity:
+        variables[IDENTITY] = (("epoch",), np.asarray(identities, dtype=str))
     return xr.Dataset(
-        {c: (("epoch", "split"), v) for c, v in data.items()},
+        variables,
         coords={"epoch": np.asarray(epochs, dtype=np.int64),
                 "split": np.asarray(splits, dtype=str)},
         attrs=attrs,
@@ -321,7 +394,122 @@ def _suffix(path: Path) -> str:
     return suffix
 
 
-def save_results(ds: xr.Dataset, path: str | os.PathLike, *, in_store: bool = False) -> Path:
+def results_lock_path(path: str | os.PathLike, *, in_store: bool = False) -> Path:
+    """The lock file that serialises writes of the results at ``path``.
+
+    ``.<name>.lock`` next to the results file, or next to the store for its
+    ``results`` group (``.<store name>.results.lock``).  It is left in place: an
+    empty file, free once no ncanalysis process holds it.
+    """
+    path = Path(os.path.abspath(path))
+    name = f".{path.name}.{RESULTS_GROUP}.lock" if in_store else f".{path.name}.lock"
+    return path.with_name(name)
+
+
+@contextlib.contextmanager
+def _locked(path: Path, in_store: bool, timeout: float) -> Iterator[None]:
+    """Hold the results lock of ``path`` (see :func:`results_lock_path`)."""
+    from filelock import FileLock, Timeout
+
+    lock_path = results_lock_path(path, in_store=in_store)
+    if not lock_path.parent.is_dir():
+        # filelock would create the directories; a mistyped --output must not.
+        raise FileNotFoundError(f"{lock_path.parent}: no such directory (writing {path})")
+    try:
+        with FileLock(lock_path, timeout=timeout):
+            yield
+    except Timeout as err:
+        raise NCAnalysisError(
+            f"{path}: another process held the results lock {lock_path} for {timeout:g} s; "
+            "is another `ncanalysis run` writing these results?"
+        ) from err
+
+
+def _is_results_attrs(attrs: Any) -> bool:
+    """Attributes of an ncanalysis results Dataset (every one carries its version)."""
+    return isinstance(attrs, dict) and "ncanalysis_version" in attrs and ROOT_ATTR not in attrs
+
+
+def _zarr_attrs(path: Path) -> Any:
+    try:
+        return json.loads((path / "zarr.json").read_text(encoding="utf-8")).get("attributes")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _foreign(path: Path, what: str) -> InputError:
+    return InputError(f"{path}: {what}, not ncanalysis results; refusing to replace it "
+                      "(choose another --output, or move it away)")
+
+
+def _check_replaceable(path: Path) -> None:
+    """Raise unless ``path`` is absent or holds results that :func:`save_results` wrote.
+
+    Whatever the flags, a store (the analysed one included), a foreign
+    directory or any other file is never replaced.
+    """
+    if not os.path.lexists(path):
+        return
+    if path.is_symlink():
+        raise _foreign(path, "a symbolic link")
+    if _is_zarr_store(path):
+        raise _foreign(path, "an ncanalysis store")
+    if path.is_dir():
+        if not _is_results_attrs(_zarr_attrs(path)):
+            raise _foreign(path, "a directory")
+        # A results group holds zarr.json and one group directory per variable.
+        for child in path.iterdir():
+            if child.name != "zarr.json" and not (child / "zarr.json").is_file():
+                raise _foreign(path, f"a directory holding {child.name!r}")
+        return
+    import h5py
+
+    if h5py.is_hdf5(path):
+        try:
+            with h5py.File(path, "r") as handle:
+                attrs = {key: None for key in handle.attrs}
+        except OSError as err:
+            raise _foreign(path, f"an HDF5 file that cannot be opened ({err})") from err
+        if ROOT_ATTR in attrs:
+            raise _foreign(path, "an ncanalysis store")
+        if not _is_results_attrs(attrs):
+            raise _foreign(path, "an HDF5 file")
+        return
+    suffix = path.suffix.lower()
+    try:
+        head = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        raise _foreign(path, "a file") from None
+    if suffix == ".json":
+        try:
+            if json.loads(head).get("format") == _JSON_FORMAT:
+                return
+        except (ValueError, AttributeError):
+            pass
+    elif suffix == ".csv":
+        lines = head.splitlines()
+        if any(line.startswith(f"{_CSV_ATTR_PREFIX}ncanalysis_version: ")
+               for line in lines if line.startswith(_CSV_ATTR_PREFIX.rstrip())):
+            return
+    raise _foreign(path, "a file")
+
+
+def check_replaceable(path: str | os.PathLike) -> None:
+    """Raise InputError unless ``path`` is absent or holds results :func:`save_results` wrote.
+
+    The check :func:`save_results` makes before replacing ``path``, offered so
+    that a caller can refuse a destination before any work.
+    """
+    _check_replaceable(Path(path))
+
+
+def save_results(
+    ds: xr.Dataset,
+    path: str | os.PathLike,
+    *,
+    in_store: bool = False,
+    lock_timeout: float = LOCK_TIMEOUT_S,
+) -> Path:
     """Write a results Dataset, replacing whatever results were there.
 
     Parameters
@@ -333,30 +521,58 @@ def save_results(ds: xr.Dataset, path: str | os.PathLike, *, in_store: bool = Fa
         ``.json``, ``.csv``), or, with ``in_store=True``, the store that was
         analysed (Zarr directory or HDF5 file).
     in_store : bool
-        Write the ``results`` group of the store at ``path``.  In a Zarr store
-        the group is replaced in one rename; in an HDF5 store the group is
-        deleted and written again (HDF5 allows one writer: do not do this while
-        a training run is writing the file; use a separate results file).
+        Write the ``results`` group of the store at ``path``.
+    lock_timeout : float
+        Seconds to wait for the results lock (another process writing these
+        results) and for an HDF5 store's file lock (a training run writing it).
 
     Returns
     -------
     pathlib.Path
         Where the results went (the group's directory for a Zarr store).
 
+    Raises
+    ------
+    InputError
+        When ``path`` holds something that is not ncanalysis results (a store,
+        a foreign directory or file): it is never replaced.
+    NCAnalysisError
+        When a lock stays held for ``lock_timeout`` seconds.
+
     Notes
     -----
-    Stand-alone files are written to a temporary sibling and renamed into
-    place, so readers see either the old or the new results, never a mix.
+    Results are recognised by their ``ncanalysis_version`` attribute (added
+    when ``ds`` lacks it) or, for JSON, the ``format`` key.  Writes are
+    serialised by a lock file (:func:`results_lock_path`).  The new
+    results are written aside, flushed to disk and renamed into place, so
+    readers and crashes see either the old or the new results, never a mix
+    and never none; a later write cleans up what a killed one left.
     """
     path = Path(path)
+    if "ncanalysis_version" not in ds.attrs:
+        # The mark by which a later save recognises these results as replaceable.
+        from ._version import __version__
+
+        ds = ds.assign_attrs(ncanalysis_version=__version__)
+    with _locked(path, in_store, lock_timeout):
+        return _save_unlocked(ds, path, in_store, lock_timeout)
+
+
+def _save_unlocked(ds: xr.Dataset, path: Path, in_store: bool, lock_timeout: float) -> Path:
     if in_store:
         if _is_hdf5_store(path):
-            _save_hdf5_group(ds, path)
+            _save_hdf5_group(ds, path, lock_timeout)
             return path
+        if not _is_zarr_store(path):
+            raise InputError(f"{path}: not an ncanalysis store; cannot write its results group")
         target = path / RESULTS_GROUP
+        _recover(target)
+        _check_replaceable(target)
         _write_atomically(target, lambda tmp: _write_zarr(ds, tmp), directory=True)
         return target
     suffix = _suffix(path)
+    _recover(path)
+    _check_replaceable(path)
     if suffix == ".zarr":
         _write_atomically(path, lambda tmp: _write_zarr(ds, tmp), directory=True)
     elif suffix == ".nc":
@@ -372,19 +588,159 @@ def save_results(ds: xr.Dataset, path: str | os.PathLike, *, in_store: bool = Fa
     return path
 
 
+def update_results(
+    new: xr.Dataset,
+    path: str | os.PathLike,
+    *,
+    in_store: bool = False,
+    replace: bool = False,
+    lock_timeout: float = LOCK_TIMEOUT_S,
+) -> xr.Dataset:
+    """Merge ``new`` into the results at ``path`` and write them, under the results lock.
+
+    What is there is read at write time, under the lock, so that two processes
+    adding epochs to the same results keep each other's.  Earlier results are
+    kept when they come from the same ``source`` (not checked for a store's own
+    results, which follow the store when it is moved) with the same settings
+    (:data:`SETTINGS`) and model; otherwise (or with ``replace``) ``new``
+    replaces them.
+
+    Returns
+    -------
+    xarray.Dataset
+        What was written.
+    """
+    path = Path(path)
+    with _locked(path, in_store, lock_timeout):
+        merged = new
+        if not replace:
+            old = _read_existing(path, in_store, lock_timeout)
+            if old is not None and _compatible(old, new, in_store):
+                merged = merge_results(old, new)
+        _save_unlocked(merged, path, in_store, lock_timeout)
+    return merged
+
+
+def _compatible(old: xr.Dataset, new: xr.Dataset, in_store: bool) -> bool:
+    # A store's own results describe it wherever it has been moved or copied to.
+    keys = ("num_classes", "num_features") + (() if in_store else ("source",))
+    same = all(old.attrs.get(key) == new.attrs.get(key) for key in keys)
+    return same and settings_of(old) == settings_of(new)
+
+
+def _read_existing(path: Path, in_store: bool, lock_timeout: float) -> xr.Dataset | None:
+    """The results at ``path`` (hold the lock), after recovering a killed write; or None."""
+    if in_store:
+        if _is_hdf5_store(path):
+            _retry_locked(path, lock_timeout, lambda: _recover_hdf5(path))
+        else:
+            _recover(path / RESULTS_GROUP)
+        return load_results(path) if has_store_results(path) else None
+    _recover(path)
+    if not os.path.lexists(path):
+        return None
+    _check_replaceable(path)
+    return load_results(path)
+
+
+def _retry_locked(path: Path, timeout: float, action: Any) -> Any:
+    """Run ``action()``, retrying while another process holds the HDF5 file lock.
+
+    HDF5 refuses a second process a file open for writing (BlockingIOError): a
+    training run appending epochs holds it for each write.  Backoff doubles from
+    10 ms to 1 s, for ``timeout`` seconds in all.
+    """
+    delay, deadline = 0.01, time.monotonic() + timeout
+    while True:
+        try:
+            return action()
+        except BlockingIOError as err:
+            if time.monotonic() >= deadline:
+                raise NCAnalysisError(
+                    f"{path}: the HDF5 file stayed locked by another process for "
+                    f"{timeout:g} s (a training run writing it?); results not written"
+                ) from err
+        time.sleep(delay)
+        delay = min(2 * delay, 1.0)
+
+
+def _hdf5_aside(handle: Any, tag: str) -> list[str]:
+    pattern = re.compile(rf"\.{RESULTS_GROUP}\.{tag}-[0-9a-f]{{8}}")
+    return sorted(name for name in handle if pattern.fullmatch(name))
+
+
+def _recover_hdf5(path: Path) -> None:
+    """The HDF5 twin of :func:`_recover`, on the groups inside the store file."""
+    import h5py
+
+    with h5py.File(path, "r") as handle:
+        dirty = bool(_hdf5_aside(handle, _TMP_TAG) or _hdf5_aside(handle, _OLD_TAG))
+    if not dirty:
+        return
+    with h5py.File(path, "a") as handle:
+        backups = _hdf5_aside(handle, _OLD_TAG)
+        if backups and RESULTS_GROUP not in handle:
+            handle.move(backups.pop(), RESULTS_GROUP)
+        for name in [*backups, *_hdf5_aside(handle, _TMP_TAG)]:
+            del handle[name]
+
+
+def _save_hdf5_group(ds: xr.Dataset, path: Path, lock_timeout: float) -> None:
+    """Write the results group of an HDF5 store without ever deleting the old one first.
+
+    The new group is written under a temporary name and flushed (the file is
+    closed); then, in one short open, the old group is renamed aside, the new
+    one renamed to ``results`` and the old one deleted.  A kill at any point
+    leaves the old or the new results reachable (:func:`_recover_hdf5`).
+    HDF5 does not give the space of deleted groups back: the file grows by the
+    size of the results on every write (``h5repack`` reclaims it).
+    """
+    import h5py
+
+    _retry_locked(path, lock_timeout, lambda: _recover_hdf5(path))
+    with h5py.File(path, "r") as handle:
+        if ROOT_ATTR not in handle.attrs:
+            raise InputError(f"{path}: not an ncanalysis store; cannot write its results group")
+        if RESULTS_GROUP in handle and not _is_results_attrs(dict(handle[RESULTS_GROUP].attrs)):
+            raise _foreign(path / RESULTS_GROUP, "a group")
+    tmp = f".{RESULTS_GROUP}.{_TMP_TAG}-{uuid.uuid4().hex[:8]}"
+    _retry_locked(path, lock_timeout, lambda: _for_writing(ds).to_netcdf(
+        path, mode="a", group=tmp, engine="h5netcdf"))
+
+    def swap() -> None:
+        with h5py.File(path, "a") as handle:
+            if RESULTS_GROUP in handle:
+                old = f".{RESULTS_GROUP}.{_OLD_TAG}-{uuid.uuid4().hex[:8]}"
+                handle.move(RESULTS_GROUP, old)
+                handle.move(tmp, RESULTS_GROUP)
+                del handle[old]
+            else:
+                handle.move(tmp, RESULTS_GROUP)
+
+    _retry_locked(path, lock_timeout, swap)
+
+
 def _write_zarr(ds: xr.Dataset, path: Path) -> None:
     # Unconsolidated: the results are small, and the store's own (root)
     # consolidated metadata must not be asked to describe them.
     _for_writing(ds).to_zarr(path, mode="w-", consolidated=False, zarr_format=3)
 
 
-def _save_hdf5_group(ds: xr.Dataset, path: Path) -> None:
-    import h5py
+def _readable(path: Path) -> Path:
+    """``path``, or the backup a write killed between its two renames left (read-only use)."""
+    if not os.path.lexists(path):
+        backups = _siblings(path, _OLD_TAG)
+        if backups:
+            return backups[-1]
+    return path
 
-    with h5py.File(path, "a") as handle:
-        if RESULTS_GROUP in handle:
-            del handle[RESULTS_GROUP]
-    _for_writing(ds).to_netcdf(path, mode="a", group=RESULTS_GROUP, engine="h5netcdf")
+
+def _hdf5_results_group(handle: Any) -> str | None:
+    """The results group of an open HDF5 store, or the backup a killed swap left; or None."""
+    if RESULTS_GROUP in handle:
+        return RESULTS_GROUP
+    backups = _hdf5_aside(handle, _OLD_TAG)
+    return backups[-1] if backups else None
 
 
 def has_store_results(path: str | os.PathLike) -> bool:
@@ -393,9 +749,12 @@ def has_store_results(path: str | os.PathLike) -> bool:
     if path.is_file():
         import h5py
 
-        with h5py.File(path, "r") as handle:
-            return RESULTS_GROUP in handle
-    return (path / RESULTS_GROUP / "zarr.json").is_file()
+        def probe() -> bool:
+            with h5py.File(path, "r") as handle:
+                return _hdf5_results_group(handle) is not None
+
+        return bool(_retry_locked(path, LOCK_TIMEOUT_S, probe))
+    return (_readable(path / RESULTS_GROUP) / "zarr.json").is_file()
 
 
 def _is_hdf5_store(path: Path) -> bool:
@@ -437,7 +796,7 @@ def load_results(path: str | os.PathLike) -> xr.Dataset:
     """
     path = Path(path)
     where = os.fspath(path)
-    if not path.exists():
+    if not path.exists() and not _readable(path).exists():
         raise StoreFormatError(f"{where}: no such file or directory")
     is_results_file = path.is_file() and path.suffix.lower() in RESULTS_FORMATS
     if _is_zarr_store(path) or (path.is_file() and not is_results_file):
@@ -451,11 +810,17 @@ def load_results(path: str | os.PathLike) -> xr.Dataset:
                 f"{where}: the store holds no results; run `ncanalysis run {where}` first"
             )
         if path.is_file():
-            return _open_with(xr.open_dataset, where, path, group=RESULTS_GROUP,
-                              engine="h5netcdf")
-        return _open_with(xr.open_zarr, where, path / RESULTS_GROUP, consolidated=False,
-                          chunks=None)
+            def read() -> xr.Dataset:
+                with h5py.File(path, "r") as handle:
+                    group = _hdf5_results_group(handle)
+                return _open_with(xr.open_dataset, where, path, group=group,
+                                  engine="h5netcdf")
+
+            return _retry_locked(path, LOCK_TIMEOUT_S, read)
+        return _open_with(xr.open_zarr, where, _readable(path / RESULTS_GROUP),
+                          consolidated=False, chunks=None)
     suffix = _suffix(path)
+    path = _readable(path)
     if suffix == ".zarr":
         if not (path / "zarr.json").is_file():
             raise StoreFormatError(f"{where}: not a Zarr v3 group (no zarr.json)")
@@ -477,6 +842,8 @@ def _open_with(opener: Any, where: str, *args: Any, **kwargs: Any) -> xr.Dataset
     try:
         with opener(*args, **kwargs) as ds:
             return _normalise(ds)
+    except BlockingIOError:
+        raise  # another process holds the HDF5 file: the caller waits and retries
     except (OSError, ValueError, KeyError) as err:
         raise StoreFormatError(f"{where}: cannot read results: {err}") from err
 
@@ -543,14 +910,20 @@ class ResumePlan:
 
 
 def plan_resume(
-    existing: xr.Dataset | None, epochs: Sequence[int], settings: dict[str, Any]
+    existing: xr.Dataset | None,
+    epochs: Sequence[int],
+    settings: dict[str, Any],
+    identities: Mapping[int, str | None] | None = None,
 ) -> ResumePlan:
     """Decide which of ``epochs`` to analyse, given the ``existing`` results.
 
-    An epoch is skipped when it is in ``existing`` and ``existing`` was made
-    with the same ``settings`` (see :data:`SETTINGS`).  When the settings
-    differ, every epoch is analysed and the old results are dropped: one
-    results Dataset holds one set of settings.
+    An epoch is skipped when it is in ``existing``, ``existing`` was made
+    with the same ``settings`` (see :data:`SETTINGS`) and, when
+    ``identities`` (epoch -> the store's :meth:`~ncanalysis.store.Store.epoch_identity`)
+    is given, the epoch's identity is the one recorded in the results: an
+    epoch rewritten since (a training run restarted from a checkpoint) is
+    analysed again.  When the settings differ, every epoch is analysed and the
+    old results are dropped: one results Dataset holds one set of settings.
     """
     epochs = [int(e) for e in epochs]
     if existing is None:
@@ -563,10 +936,20 @@ def plan_resume(
                           "earlier results used other settings (" + "; ".join(changed)
                           + "): analysing every epoch again and replacing them")
     analysed = set(existing["epoch"].values.tolist())
-    done = [e for e in epochs if e in analysed]
-    todo = [e for e in epochs if e not in analysed]
-    return ResumePlan(todo, done, existing,
-                      f"{len(done)} epoch(s) already analysed with the same settings")
+    replaced: list[int] = []
+    if identities is not None:
+        recorded = (dict(zip(existing["epoch"].values.tolist(),
+                             existing[IDENTITY].values.tolist()))
+                    if IDENTITY in existing.data_vars else {})
+        replaced = [e for e in epochs if e in analysed
+                    and recorded.get(e, "") != (identities.get(e) or "")]
+    done = [e for e in epochs if e in analysed and e not in replaced]
+    todo = [e for e in epochs if e not in done]
+    reason = f"{len(done)} epoch(s) already analysed with the same settings"
+    if replaced:
+        reason += (f"; epoch(s) {', '.join(map(str, replaced))} were rewritten in the store "
+                   "since they were analysed (new epoch identity): analysing them again")
+    return ResumePlan(todo, done, existing, reason)
 
 
 def tpt_start_epoch(ds: xr.Dataset) -> int:
@@ -580,8 +963,15 @@ def tpt_start_epoch(ds: xr.Dataset) -> int:
 
 def _with_splits(ds: xr.Dataset, splits: list[str]) -> xr.Dataset:
     """``ds`` reindexed to ``splits``; new splits get the missing-value markers."""
-    fill = {name: _missing_value(name) for name in ds.data_vars}
+    fill = {name: _missing_value(name) for name in ds.data_vars if name != IDENTITY}
     return ds.reindex(split=splits, fill_value=fill)
+
+
+def _with_identity(ds: xr.Dataset) -> xr.Dataset:
+    """``ds`` with an epoch_identity variable; results from before identities get ""."""
+    if IDENTITY in ds.data_vars:
+        return ds
+    return ds.assign({IDENTITY: ("epoch", np.full(ds.sizes["epoch"], "", dtype=str))})
 
 
 def merge_results(old: xr.Dataset, new: xr.Dataset) -> xr.Dataset:
@@ -608,6 +998,8 @@ def merge_results(old: xr.Dataset, new: xr.Dataset) -> xr.Dataset:
         # Results made before splits could miss classes: every analysed split had all C.
         old = old.assign(n_classes_present=xr.where(
             old["n_samples"] >= 0, int(old.attrs["num_classes"]), -1).astype(np.int64))
+    if IDENTITY in old.data_vars or IDENTITY in new.data_vars:
+        old, new = _with_identity(old), _with_identity(new)
     repeated = np.intersect1d(old["epoch"].values, new["epoch"].values)
     old = old.drop_sel(epoch=repeated)
     if old.sizes["epoch"] == 0:

@@ -48,9 +48,10 @@ def test_full_formats_round_trip_exactly(tmp_path, two_epochs, suffix):
     path = results.save_results(two_epochs, tmp_path / f"r{suffix}")
     back = results.load_results(path)
     xr.testing.assert_identical(back, two_epochs)
-    # Saving again replaces the file in place and leaves no temporary sibling behind.
+    # Saving again replaces the file in place and leaves no temporary sibling behind
+    # (only the results lock file, kept by design: docs/cli.md).
     results.save_results(back, path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [f"r{suffix}"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".r{suffix}.lock", f"r{suffix}"]
 
 
 def test_csv_keeps_scalar_metrics_and_attributes(tmp_path, two_epochs):

@@ -39,8 +39,8 @@ class Backend(Protocol):
         """An attribute of ``node`` as a Python value; None when it or ``node`` is absent
         (an epoch may be replaced by another process between listing and reading)."""
 
-    def set_attr(self, node: str, key: str, value: bool) -> None:
-        """Set a boolean attribute (HDF5 stores it as the integer 0 or 1)."""
+    def set_attr(self, node: str, key: str, value: bool | str) -> None:
+        """Set a boolean (HDF5 stores it as the integer 0 or 1) or string attribute."""
 
     def create_group(self, node: str, attrs: dict[str, bool]) -> None:
         """Create the group ``node`` with ``attrs``, replacing whatever was there."""

@@ -96,9 +96,9 @@ class HDF5Backend:
             value = None if found is None else found.attrs.get(key)
         return value.item() if isinstance(value, np.generic) else value
 
-    def set_attr(self, node: str, key: str, value: bool) -> None:
+    def set_attr(self, node: str, key: str, value: bool | str) -> None:
         with self._file() as file:
-            file[node].attrs[key] = int(value)
+            file[node].attrs[key] = value if isinstance(value, str) else int(value)
 
     def create_group(self, node: str, attrs: dict[str, bool]) -> None:
         with self._file() as file:

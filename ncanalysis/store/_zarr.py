@@ -86,7 +86,7 @@ class ZarrBackend:
             found = self._root.get(node)
             return None if found is None else found.attrs.get(key)
 
-    def set_attr(self, node: str, key: str, value: bool) -> None:
+    def set_attr(self, node: str, key: str, value: bool | str) -> None:
         self._root[node].attrs[key] = value
 
     def create_group(self, node: str, attrs: dict[str, bool]) -> None:

@@ -13,6 +13,7 @@ from ._backend import Backend, open_backend
 from .spec import (
     BIAS,
     COMPLETE_ATTR,
+    EPOCH_IDENTITY_ATTR,
     EPOCHS_GROUP,
     FEATURES,
     LABELS,
@@ -183,6 +184,16 @@ class Store:
     def bias(self, epoch: int) -> np.ndarray:
         """Classifier bias (C,), float32 or float64."""
         return self._read_classifier(epoch, BIAS, (self.num_classes,))
+
+    def epoch_identity(self, epoch: int) -> str | None:
+        """The identity its writer gave a complete epoch at finalize (format 1.1).
+
+        A rewritten epoch (a training run restarted from a checkpoint) gets a new
+        one; None for stores written before format 1.1.
+        """
+        self._check_epoch(epoch)
+        value = self._backend.get_attr(epoch_node(epoch), EPOCH_IDENTITY_ATTR)
+        return None if value is None else str(value)
 
     def close(self) -> None:
         """Release the store."""

@@ -23,6 +23,7 @@ __all__ = [
     "ROOT_ATTR",
     "EPOCHS_GROUP",
     "RESULTS_GROUP",
+    "EPOCH_IDENTITY_ATTR",
     "COMPLETE_ATTR",
     "FEATURES",
     "LABELS",
@@ -65,6 +66,8 @@ EPOCHS_GROUP = "epochs"
 RESULTS_GROUP = "results"
 #: Epoch group attribute, set true (Zarr) or 1 (HDF5) last, by finalize.
 COMPLETE_ATTR = "complete"
+#: Epoch group attribute (format 1.1): a uuid4 hex written by finalize, just before COMPLETE_ATTR.
+EPOCH_IDENTITY_ATTR = "epoch_identity"
 
 FEATURES = "features"
 LABELS = "labels"

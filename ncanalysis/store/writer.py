@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from ._backend import Backend, create_backend, open_backend
 from .spec import (
     BIAS,
     COMPLETE_ATTR,
+    EPOCH_IDENTITY_ATTR,
     DIMENSIONS,
     DEFAULT_CHECKSUMS,
     FEATURE_DTYPES,
@@ -381,6 +383,8 @@ class EpochWriter:
                 f"{self._store.path}: epoch {self.epoch} cannot be finalized: "
                 + "; ".join(missing)
             )
+        # A fresh identity per finalize: results can tell a rewritten epoch apart.
+        self._backend.set_attr(node, EPOCH_IDENTITY_ATTR, uuid.uuid4().hex)
         # Last write of the epoch: readers see it only from here on.
         self._backend.set_attr(node, COMPLETE_ATTR, True)
         self._finalized = True
