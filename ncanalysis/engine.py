@@ -38,7 +38,7 @@ from dask.highlevelgraph import HighLevelGraph
 
 from . import metrics, stats
 from ._version import __version__
-from .errors import InputError
+from .errors import ClusterError, InputError
 from .metrics import CLASS_METRICS, INT_VARIABLES, SCALAR_METRICS, split_metrics
 from .results import tpt_start_epoch
 from .sources import RowBlocks, as_row_blocks, is_dask_array, read_rows
@@ -346,18 +346,127 @@ def _blas_threads_for(scheduler: Any) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-def _compute(graph: Any, scheduler: Any, progress: bool) -> Any:
-    """Compute one delayed object, with a progress bar on stderr when asked."""
+#: Seconds a dask.distributed run waits while its cluster has no worker, unless the
+#: dask config key ``ncanalysis.cluster-timeout`` says otherwise.  A nanny restarts
+#: a dead worker, and a freshly started worker joins its scheduler, within a few
+#: seconds; a minute covers both with a wide margin, while a run whose workers
+#: are gone for good still stops soon enough to be noticed.
+CLUSTER_TIMEOUT = 60.0
+_CLUSTER_TIMEOUT_KEY = "ncanalysis.cluster-timeout"
+
+
+def cluster_timeout() -> float:
+    """Seconds to wait for a worker (dask config ``ncanalysis.cluster-timeout``, default 60)."""
+    value = dask.config.get(_CLUSTER_TIMEOUT_KEY, None)
+    timeout = CLUSTER_TIMEOUT if value is None else float(value)
+    if not timeout > 0:
+        raise InputError(f"{_CLUSTER_TIMEOUT_KEY} must be a positive number of seconds, "
+                         f"not {value!r}")
+    return timeout
+
+
+def _progress_bar(client: Any, future: Any) -> None:
+    """distributed's text bar for ``future``, drawn on stderr from a daemon thread.
+
+    The bar blocks until the computation ends; in its own thread it cannot keep
+    the caller waiting on a cluster that lost its workers.  stderr: results own
+    stdout (and redirecting sys.stdout from a thread would leak to the caller).
+    """
+    import threading
+
+    from distributed.diagnostics.progressbar import TextProgressBar
+
+    class _StderrBar(TextProgressBar):
+        def _draw_bar(self, remaining: int, all: int, **kwargs: Any) -> None:
+            frac = (1 - remaining / all) if all else 1.0
+            sys.stderr.write(f"\r[{'#' * int(self.width * frac):<{self.width}}] | "
+                             f"{int(100 * frac)}% Completed")
+            sys.stderr.flush()
+
+        def _draw_stop(self, **kwargs: Any) -> None:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+    def draw() -> None:
+        # Best effort: a bar that cannot reach the scheduler must not stop the run,
+        # which reports the cluster's failure itself.
+        with contextlib.suppress(Exception):
+            _StderrBar([future], scheduler=client.scheduler.address)
+
+    threading.Thread(target=draw, name="ncanalysis-progress", daemon=True).start()
+
+
+def _live_workers(client: Any, timeout: float) -> int:
+    """Workers the scheduler knows of; 0 when the scheduler does not answer in time."""
+    try:
+        return len(client.nthreads(callback_timeout=timeout))
+    except (OSError, TimeoutError):  # a scheduler that went away has no workers
+        return 0
+
+
+def _cluster_result(client: Any, future: Any, where: str) -> Any:
+    """``future.result()``, failing with ClusterError instead of waiting forever.
+
+    The wait is cut into short polls; between them the scheduler's worker count
+    is read.  Once there has been no worker for :func:`cluster_timeout` seconds
+    (none came, or the last one died and nothing restarted it) the computation
+    is cancelled and ClusterError raised.  dask's ``KilledWorker`` (a task whose
+    workers kept dying, e.g. killed for memory) and a lost computation become
+    ClusterError naming ``where`` (file and epoch).
+    """
+    import time
+    from concurrent.futures import CancelledError
+
+    from distributed.scheduler import KilledWorker
+
+    timeout = cluster_timeout()
+    poll = min(1.0, timeout / 4)
+    empty_since: float | None = None
+    while True:
+        try:
+            return future.result(timeout=poll)
+        except TimeoutError:
+            if future.done():  # the task itself raised TimeoutError
+                raise
+        except KilledWorker as err:
+            raise ClusterError(
+                f"{where}: dask workers kept dying while running task {err.task!r} "
+                f"({err.allowed_failures + 1} tries; last worker {err.last_worker.address}); "
+                "a worker killed for memory is the usual cause: give workers more memory "
+                "or use a smaller --rows-per-block"
+            ) from err
+        except CancelledError as err:
+            raise ClusterError(
+                f"{where}: the dask scheduler lost the computation (scheduler restarted, "
+                f"stopped or unreachable): {err}"
+            ) from err
+        if _live_workers(client, timeout) > 0:
+            empty_since = None
+            continue
+        now = time.monotonic()
+        empty_since = now if empty_since is None else empty_since
+        if now - empty_since >= timeout:
+            with contextlib.suppress(Exception):
+                client.cancel(future)
+            raise ClusterError(
+                f"{where}: the dask cluster has had no worker for {timeout:g} s (none "
+                "joined, or every worker died); start workers, or raise the wait with "
+                "--cluster-timeout (dask config ncanalysis.cluster-timeout)"
+            )
+
+
+def _compute(graph: Any, scheduler: Any, progress: bool, where: str = "arrays") -> Any:
+    """Compute one delayed object, with a progress bar on stderr when asked.
+
+    On a dask.distributed Client the wait is bounded (:func:`_cluster_result`);
+    ``where`` names the source and epoch in its errors.
+    """
     client = _active_client(scheduler)
     if client is not None:
         future = client.compute(graph)
         if progress:
-            from distributed import progress as distributed_progress
-
-            # distributed's text bar writes to stdout; results own stdout.
-            with contextlib.redirect_stdout(sys.stderr):
-                distributed_progress(future)
-        return future.result()
+            _progress_bar(client, future)
+        return _cluster_result(client, future, where)
     bar: contextlib.AbstractContextManager = contextlib.nullcontext()
     if progress:
         from dask.diagnostics import ProgressBar
@@ -453,7 +562,7 @@ def analyze_epochs(
             print(f"ncanalysis: {item.context()}: {', '.join(item.splits)}", file=sys.stderr)
         if item.epoch in results:
             raise InputError(f"{item.context()}: epoch given twice")
-        results[item.epoch] = _compute(graph, scheduler, progress)
+        results[item.epoch] = _compute(graph, scheduler, progress, item.context())
     return _to_dataset(
         results,
         num_classes=num_classes,
