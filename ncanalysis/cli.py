@@ -382,6 +382,8 @@ def _run_store(args: argparse.Namespace) -> Any:
         # its own working directory.
         store = open_store(source)
     except StoreFormatError as err:
+        if not _foreign_file(source):  # a damaged or locked store: the hint would mislead
+            raise
         raise StoreFormatError(
             f"{err} (to analyse another project's file, name its arrays with --features, "
             "--labels and --weight)"
@@ -408,6 +410,32 @@ def _run_store(args: argparse.Namespace) -> Any:
     _log(args, f"writing results to {target}" + ("" if args.output else " (group 'results')"))
     save_results(merged, target, in_store=args.output is None)
     return merged
+
+
+def _foreign_file(path: str) -> bool:
+    """Whether ``path`` is readable data that is not a store (where --features may help).
+
+    False for a missing path and for a store that cannot be opened (truncated,
+    locked by its writer, broken metadata): those errors stand on their own.
+    """
+    from .store.spec import ROOT_ATTR
+
+    target = Path(path)
+    try:
+        if target.is_dir():
+            meta = target / "zarr.json"
+            return not meta.is_file() or ROOT_ATTR not in json.loads(
+                meta.read_text()).get("attributes", {})
+        if not target.is_file():
+            return False
+        import h5py
+
+        if not h5py.is_hdf5(target):
+            return True
+        with h5py.File(target, "r", locking=False) as root:
+            return ROOT_ATTR not in root.attrs
+    except (OSError, ValueError, AttributeError):  # unreadable: not known to be foreign
+        return False
 
 
 def _check_epochs(path: str, wanted: Sequence[int], complete: Sequence[int],

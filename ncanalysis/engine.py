@@ -88,6 +88,9 @@ def _check_epoch(item: EpochInput, ncc: bool) -> None:
     """Shapes and finiteness of everything small, before any graph is built."""
     weight, bias = item.weight, item.bias
     where = item.context()
+    for name, value in (("weight", weight), ("bias", bias)):
+        if not (np.issubdtype(value.dtype, np.number) or value.dtype == np.bool_):
+            raise InputError(f"{where}: {name} must hold numbers, not dtype {value.dtype}")
     if weight.ndim != 2:
         raise InputError(f"{where}: weight must be 2-D (C, d), got shape {weight.shape}")
     num_classes, dim = weight.shape
@@ -625,7 +628,8 @@ def analyze_arrays(
         Dimensions epoch (length 1), split and class; see ``docs/metrics.md``.
     """
     weight = np.asarray(weight)
-    bias = np.zeros(weight.shape[0]) if bias is None else np.asarray(bias)
+    # shape[:1]: a scalar or 1-D weight reaches _check_epoch, which names the problem.
+    bias = np.zeros(weight.shape[:1]) if bias is None else np.asarray(bias)
     prepared = {
         name: (as_row_blocks(features, rows_per_block=rows_per_block), _labels_array(labels))
         for name, (features, labels) in splits.items()
@@ -634,7 +638,7 @@ def analyze_arrays(
     return analyze_epochs(
         [item],
         num_classes=weight.shape[0] if weight.ndim == 2 else 0,
-        num_features=weight.shape[-1],
+        num_features=weight.shape[-1] if weight.ndim else 0,
         class_names=class_names,
         scheduler=scheduler,
         global_mean=global_mean,
