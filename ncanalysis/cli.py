@@ -255,7 +255,7 @@ def _scheduler(args: argparse.Namespace) -> Iterator[Any]:
             _log(args, f"connecting to the dask scheduler at {args.scheduler}")
             try:
                 client = stack.enter_context(Client(args.scheduler, timeout=timeout))
-            except (OSError, TimeoutError) as err:
+            except (OSError, TimeoutError, ValueError) as err:  # ValueError: a bad address
                 raise ClusterError(
                     f"cannot reach the dask scheduler at {args.scheduler} within "
                     f"{timeout:g} s (--cluster-timeout): {_one_line(err)}"
