@@ -606,6 +606,10 @@ def analyze_arrays(
         The epoch coordinate of the result.
     scheduler : str or distributed.Client, optional
         Passed to ``dask.compute``; default: the active Client, else threads.
+        On a Client the wait is bounded: :class:`~ncanalysis.errors.ClusterError`
+        once the cluster has had no worker for the dask config value
+        ``ncanalysis.cluster-timeout`` (seconds, default 60), or when dask gives up
+        on a task whose workers kept dying (``KilledWorker``).
     global_mean : {"class", "sample"}
         mu_G as the mean of the class means (default) or of all samples.
     pinv_rtol : float
