@@ -255,7 +255,9 @@ def _scheduler(args: argparse.Namespace) -> Iterator[Any]:
             _log(args, f"connecting to the dask scheduler at {args.scheduler}")
             try:
                 client = stack.enter_context(Client(args.scheduler, timeout=timeout))
-            except (OSError, TimeoutError, ValueError) as err:  # ValueError: a bad address
+            except ValueError as err:  # distributed's word for a malformed address
+                raise UsageError(f"--scheduler {args.scheduler}: {_one_line(err)}") from err
+            except (OSError, TimeoutError) as err:
                 raise ClusterError(
                     f"cannot reach the dask scheduler at {args.scheduler} within "
                     f"{timeout:g} s (--cluster-timeout): {_one_line(err)}"
@@ -310,6 +312,13 @@ def _check_run_options(args: argparse.Namespace) -> bool:
     if args.output is not None and Path(args.output).suffix.lower() not in _RESULT_SUFFIXES:
         raise UsageError(f"--output {args.output}: unknown format; use a file ending in "
                          f"{', '.join(_RESULT_SUFFIXES)}")
+    if args.output is not None:
+        # Before any analysis: an hour of work must not end in "no such directory".
+        parent = Path(args.output).absolute().parent
+        if not parent.is_dir():
+            raise NCAnalysisError(f"--output {args.output}: directory {parent} does not exist")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise NCAnalysisError(f"--output {args.output}: directory {parent} is not writable")
     return dump_mode
 
 

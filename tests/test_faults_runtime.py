@@ -337,3 +337,16 @@ def test_main_turns_any_exception_into_one_line(monkeypatch, capsys, error, expe
     assert cli.main(["info", "x.zarr", "--debug"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("Traceback") and expected in err.splitlines()[-1]
+
+
+def test_missing_output_directory_fails_before_the_analysis(store, tmp_path, capsys):
+    target = tmp_path / "no" / "such" / "r.json"
+    assert cli.main(["run", str(store), "-q", "-o", str(target)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"directory {target.parent} does not exist" in err
+    assert "tmp-" not in err  # not the name of a temporary file the user never chose
+
+
+def test_malformed_scheduler_address_is_a_usage_error(store, capsys):
+    assert cli.main(["run", str(store), "-q", "--scheduler", "foo"]) == 2
+    assert "--scheduler foo" in capsys.readouterr().err
