@@ -368,7 +368,7 @@ def cluster_timeout() -> float:
     return timeout
 
 
-def _progress_bar(client: Any, future: Any) -> None:
+def _progress_bar(client: Any, future: Any) -> Any:
     """distributed's text bar for ``future``, drawn on stderr from a daemon thread.
 
     The bar blocks until the computation ends; in its own thread it cannot keep
@@ -396,7 +396,9 @@ def _progress_bar(client: Any, future: Any) -> None:
         with contextlib.suppress(Exception):
             _StderrBar([future], scheduler=client.scheduler.address)
 
-    threading.Thread(target=draw, name="ncanalysis-progress", daemon=True).start()
+    thread = threading.Thread(target=draw, name="ncanalysis-progress", daemon=True)
+    thread.start()
+    return thread
 
 
 def _live_workers(client: Any, timeout: float) -> int:
@@ -467,9 +469,13 @@ def _compute(graph: Any, scheduler: Any, progress: bool, where: str = "arrays") 
     client = _active_client(scheduler)
     if client is not None:
         future = client.compute(graph)
-        if progress:
-            _progress_bar(client, future)
-        return _cluster_result(client, future, where)
+        bar = _progress_bar(client, future) if progress else None
+        result = _cluster_result(client, future, where)
+        if bar is not None:
+            # Let the bar draw its 100 % before the next epoch's log line; a bar
+            # that cannot (scheduler gone) is not waited for long.
+            bar.join(timeout=2.0)
+        return result
     bar: contextlib.AbstractContextManager = contextlib.nullcontext()
     if progress:
         from dask.diagnostics import ProgressBar
