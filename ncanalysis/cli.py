@@ -209,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="where to write the figures (default: next to "
                       "RESULTS_OR_STORE, named after it with '-figures')")
     plot.set_defaults(handler=_cmd_plot)
-    # Fault handling (docs/cli.md, "Errors"): a bounded wait for a dask cluster,
+    # Fault handling (docs/cli.md, exit codes): a bounded wait for a dask cluster,
     # and the traceback behind an error on demand.
     run.add_argument("--cluster-timeout", type=_cluster_timeout, default=60.0,
                      metavar="SECONDS",

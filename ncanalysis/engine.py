@@ -427,28 +427,45 @@ def _cluster_result(client: Any, future: Any, where: str) -> Any:
     timeout = cluster_timeout()
     poll = min(1.0, timeout / 4)
     empty_since: float | None = None
+    checked = time.monotonic()
+    step = 0.005
     while True:
-        try:
-            return future.result(timeout=poll)
-        except TimeoutError:
-            if future.done():  # the task itself raised TimeoutError
-                raise
-        except KilledWorker as err:
-            raise ClusterError(
-                f"{where}: dask workers kept dying while running task {err.task!r} "
-                f"({err.allowed_failures + 1} tries; last worker {err.last_worker.address}); "
-                "a worker killed for memory is the usual cause: give workers more memory "
-                "or use a smaller --rows-per-block"
-            ) from err
-        except CancelledError as err:
-            raise ClusterError(
-                f"{where}: the dask scheduler lost the computation (scheduler restarted, "
-                f"stopped or unreachable): {err}"
-            ) from err
+        if future.done():
+            try:
+                if future.status != "finished":  # raises the task's own error
+                    return future.result()
+                # Fetching the finished (small) result: bounded too, yet apart from
+                # the task's own errors (a task may raise TimeoutError itself).
+                return future.result(timeout=timeout)
+            except KilledWorker as err:
+                raise ClusterError(
+                    f"{where}: dask workers kept dying while running task {err.task!r} "
+                    f"({err.allowed_failures + 1} tries; last worker "
+                    f"{err.last_worker.address}); a worker killed for memory is the usual "
+                    "cause: give workers more memory or use a smaller --rows-per-block"
+                ) from err
+            except CancelledError as err:
+                raise ClusterError(
+                    f"{where}: the dask scheduler lost the computation (scheduler "
+                    f"restarted, stopped or unreachable): {err}"
+                ) from err
+            except TimeoutError as err:
+                if future.status == "finished":
+                    raise ClusterError(
+                        f"{where}: could not fetch the finished result from the dask "
+                        f"cluster within {timeout:g} s"
+                    ) from err
+                continue  # its worker left with it: the scheduler computes it again
+        # Short sleeps: done() is local state, so a finished epoch is seen at once.
+        time.sleep(step)
+        step = min(2 * step, 0.1)
+        now = time.monotonic()
+        if now - checked < poll:
+            continue
+        checked = now
         if _live_workers(client, timeout) > 0:
             empty_since = None
             continue
-        now = time.monotonic()
         empty_since = now if empty_since is None else empty_since
         if now - empty_since >= timeout:
             with contextlib.suppress(Exception):
