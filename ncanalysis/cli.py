@@ -212,6 +212,15 @@ def build_parser() -> argparse.ArgumentParser:
                       help="where to write the figures (default: next to "
                       "RESULTS_OR_STORE, named after it with '-figures')")
     plot.set_defaults(handler=_cmd_plot)
+    # Fault handling (docs/cli.md, exit codes): a bounded wait for a dask cluster,
+    # and the traceback behind an error on demand.
+    run.add_argument("--cluster-timeout", type=_cluster_timeout, default=60.0,
+                     metavar="SECONDS",
+                     help="with --scheduler/--workers: fail (exit 1) when the scheduler "
+                     "does not answer, or has had no worker, for this long (default: 60)")
+    for command in (run, info, validate, plot):
+        command.add_argument("--debug", action="store_true",
+                             help="print the traceback behind an error")
     return parser
 
 
@@ -228,28 +237,63 @@ def _scheduler(args: argparse.Namespace) -> Iterator[Any]:
     """The dask scheduler asked for: None (threads), or a distributed Client.
 
     Only the command line makes Clients; the library takes whatever it is given.
+    Every wait on the cluster is bounded by ``--cluster-timeout``: connecting to
+    the scheduler, the first worker joining, and (through the dask config key
+    the analyser reads) a cluster that loses every worker during the run.
     """
     if args.scheduler is None and args.workers is None:
         # Named rather than None: with None the analyser looks for an active
         # Client, which costs an import of dask.distributed (~0.7 s of start-up).
         yield "threads"
         return
+    import dask
     from distributed import Client, LocalCluster
 
-    if args.scheduler is not None:
-        _log(args, f"connecting to the dask scheduler at {args.scheduler}")
-        with Client(args.scheduler) as client:
-            yield client
-        return
-    _log(args, f"starting a local dask cluster of {args.workers} worker process(es)")
-    # No dashboard: a second run on the same machine would fight for its port.
-    with LocalCluster(n_workers=args.workers, processes=True,
-                      dashboard_address=None) as cluster, Client(cluster) as client:
+    from .errors import ClusterError
+
+    timeout = args.cluster_timeout
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(dask.config.set({"ncanalysis.cluster-timeout": timeout}))
+        if args.scheduler is not None:
+            _log(args, f"connecting to the dask scheduler at {args.scheduler}")
+            try:
+                client = stack.enter_context(Client(args.scheduler, timeout=timeout))
+            except ValueError as err:  # distributed's word for a malformed address
+                raise UsageError(f"--scheduler {args.scheduler}: {_one_line(err)}") from err
+            except (OSError, TimeoutError) as err:
+                raise ClusterError(
+                    f"cannot reach the dask scheduler at {args.scheduler} within "
+                    f"{timeout:g} s (--cluster-timeout): {_one_line(err)}"
+                ) from err
+        else:
+            _log(args, f"starting a local dask cluster of {args.workers} worker process(es)")
+            # No dashboard: a second run on the same machine would fight for its port.
+            cluster = stack.enter_context(LocalCluster(
+                n_workers=args.workers, processes=True, dashboard_address=None))
+            client = stack.enter_context(Client(cluster, timeout=timeout))
+        try:
+            client.wait_for_workers(1, timeout=timeout)
+        except TimeoutError as err:
+            raise ClusterError(
+                f"the dask scheduler at {client.scheduler.address} has no worker after "
+                f"{timeout:g} s (--cluster-timeout); start workers for it"
+            ) from err
         yield client
 
 
 def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split())
+    """The error's message on one line (a MemoryError may have none: say what it is)."""
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def _cluster_timeout(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not 0.0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
 
 
 def _print_result(text: str) -> None:
@@ -291,6 +335,13 @@ def _check_run_options(args: argparse.Namespace) -> bool:
     if args.output is not None and Path(args.output).suffix.lower() not in _RESULT_SUFFIXES:
         raise UsageError(f"--output {args.output}: unknown format; use a file ending in "
                          f"{', '.join(_RESULT_SUFFIXES)}")
+    if args.output is not None:
+        # Before any analysis: an hour of work must not end in "no such directory".
+        parent = Path(args.output).absolute().parent
+        if not parent.is_dir():
+            raise NCAnalysisError(f"--output {args.output}: directory {parent} does not exist")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise NCAnalysisError(f"--output {args.output}: directory {parent} is not writable")
     return dump_mode
 
 
@@ -393,6 +444,8 @@ def _run_store(args: argparse.Namespace) -> tuple[Any, dict[int, BaseException]]
         # its own working directory.
         store = open_store(source)
     except StoreFormatError as err:
+        if not _foreign_file(source):  # a damaged or locked store: the hint would mislead
+            raise
         raise StoreFormatError(
             f"{err} (to analyse another project's file, name its arrays with --features, "
             "--labels and --weight)"
@@ -438,6 +491,32 @@ def _run_store(args: argparse.Namespace) -> tuple[Any, dict[int, BaseException]]
     if saved:
         _log(args, f"results of epoch(s) {_epoch_ranges(saved)} saved to {where}")
     return merged, failed
+
+
+def _foreign_file(path: str) -> bool:
+    """Whether ``path`` is readable data that is not a store (where --features may help).
+
+    False for a missing path and for a store that cannot be opened (truncated,
+    locked by its writer, broken metadata): those errors stand on their own.
+    """
+    from .store.spec import ROOT_ATTR
+
+    target = Path(path)
+    try:
+        if target.is_dir():
+            meta = target / "zarr.json"
+            return not meta.is_file() or ROOT_ATTR not in json.loads(
+                meta.read_text()).get("attributes", {})
+        if not target.is_file():
+            return False
+        import h5py
+
+        if not h5py.is_hdf5(target):
+            return True
+        with h5py.File(target, "r", locking=False) as root:
+            return ROOT_ATTR not in root.attrs
+    except (OSError, ValueError, AttributeError):  # unreadable: not known to be foreign
+        return False
 
 
 def _check_epochs(path: str, wanted: Sequence[int], complete: Sequence[int],
@@ -624,17 +703,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args)
     except UsageError as err:
-        print(f"{prefix} {_one_line(err)}", file=sys.stderr)
-        return EXIT_USAGE
+        return _fail(args, f"{prefix} {_one_line(err)}", EXIT_USAGE)
     except (StoreFormatError, InputError) as err:
-        print(f"{prefix} {_one_line(err)}", file=sys.stderr)
-        return EXIT_INVALID
+        return _fail(args, f"{prefix} {_one_line(err)}", EXIT_INVALID)
     except (NCAnalysisError, OSError) as err:
-        print(f"{prefix} {type(err).__name__}: {_one_line(err)}", file=sys.stderr)
-        return EXIT_RUNTIME
+        return _fail(args, f"{prefix} {type(err).__name__}: {_one_line(err)}", EXIT_RUNTIME)
+    except MemoryError as err:
+        detail = f": {_one_line(err)}" if str(err) else ""
+        return _fail(args, f"{prefix} out of memory (MemoryError{detail}); free memory, raise "
+                     "the memory limit or use a smaller --rows-per-block", EXIT_RUNTIME)
     except KeyboardInterrupt:
-        print(f"{prefix} interrupted", file=sys.stderr)
-        return 130
+        return _fail(args, f"{prefix} interrupted", 130)
+    except Exception as err:  # noqa: BLE001 - reported with its type, never hidden
+        # A bug here or an error of a library below that no rule above knows: one
+        # line with the exception's type and message, the traceback with --debug.
+        kind = type(err)
+        name = kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__name__}"
+        return _fail(args, f"{prefix} unexpected {name}: {_one_line(err)} (run again with "
+                     "--debug for the traceback, and please report it)", EXIT_RUNTIME)
+
+
+def _fail(args: argparse.Namespace, line: str, code: int) -> int:
+    """Print the one-line error (after the traceback with ``--debug``); return ``code``.
+
+    Called inside the ``except`` block, where the traceback is still at hand.
+    """
+    if getattr(args, "debug", False):
+        import traceback
+
+        traceback.print_exc(file=sys.stderr)
+    print(line, file=sys.stderr)
+    return code
 
 
 def entry_point() -> None:
@@ -645,10 +744,27 @@ def entry_point() -> None:
     every store and file is closed and every result written, so once the
     standard streams are flushed there is nothing left for that teardown to do.
     """
-    code = main()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    # One OpenBLAS thread: the analysis already runs one BLAS thread per dask
+    # task (engine._blas_threads_for; distributed's nannies set the same), and an
+    # OpenBLAS that starts a thread per core reserves a 32 MiB buffer for each at
+    # load.  Under an address-space limit (ulimit -v) that reservation fails and
+    # OpenBLAS retries it forever at 100 % CPU, inside a dask task, with no output.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    code = EXIT_RUNTIME
+    try:
+        code = main()
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else EXIT_RUNTIME
+    except BaseException as err:  # noqa: BLE001 - raised while main reported an error
+        with contextlib.suppress(BaseException):
+            print(f"{_PROG}: error: {type(err).__name__}: {_one_line(err)}", file=sys.stderr)
+    finally:
+        # Also after an exception: the interpreter's teardown joins dask's pool
+        # threads, which can then hang for good (seen under ulimit -v).
+        with contextlib.suppress(BaseException):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
 
 
 if __name__ == "__main__":

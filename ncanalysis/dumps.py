@@ -17,7 +17,7 @@ from typing import Any
 import xarray as xr
 
 from .engine import analyze_arrays
-from .errors import InputError
+from .errors import InputError, NCAnalysisError
 
 __all__ = ["analyze_file", "open_dump", "dump_kind"]
 
@@ -83,6 +83,12 @@ class _Dump:
             node = self.root[key]
         except KeyError:
             node = None
+        except (ValueError, OSError, EOFError) as err:
+            # npz members are read here: object arrays (refused without pickle),
+            # damaged or truncated members.
+            raise InputError(
+                f"{self.path}: array {key!r} ({role}) cannot be read: {_one_line(err)}"
+            ) from err
         if node is None or (self.kind != "npz" and not hasattr(node, "dtype")):
             problem = f"no array {key!r}" if node is None else f"{key!r} is a group, not an array"
             available = ", ".join(self.names()) or "(none)"
@@ -92,6 +98,70 @@ class _Dump:
             )
         return node
 
+    def read(self, key: str, role: str) -> Any:
+        """The whole array under ``key`` as numpy (for the small classifier arrays)."""
+        import numpy as np
+
+        node = self.array(key, role)
+        try:
+            return np.asarray(node[...])
+        except (ValueError, OSError, TypeError) as err:
+            raise InputError(
+                f"{self.path}: array {key!r} ({role}) cannot be read: {_one_line(err)}"
+            ) from err
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
+
+
+def _describe(dump: _Dump, key: str, role: str, array: Any) -> str:
+    """``"dump.h5: array 'fc/W' (weight) has shape (5, 8) and dtype float64"``."""
+    return (f"{dump.path}: array {key!r} ({role}) has shape {tuple(array.shape)} and dtype "
+            f"{array.dtype}")
+
+
+def _check_arrays(dump: _Dump, keys: dict[str, str], arrays: dict[str, Any]) -> None:
+    """Shapes and dtypes of the named arrays, in errors that name the file and the keys.
+
+    The analyser checks the same again, but only knows them as "arrays: epoch 0";
+    here a user learns which key of which file is wrong.
+    """
+    import numpy as np
+
+    weight = arrays["weight"]
+    if weight.ndim != 2:
+        raise InputError(f"{_describe(dump, keys['weight'], 'weight', weight)}; expected a "
+                         "2-D (C, d) last-layer weight")
+    num_classes, dim = weight.shape
+    for role, array in arrays.items():
+        if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
+            raise InputError(f"{_describe(dump, keys[role], role, array)}; expected numbers")
+    if "bias" in arrays and arrays["bias"].shape != (num_classes,):
+        raise InputError(f"{_describe(dump, keys['bias'], 'bias', arrays['bias'])}; expected "
+                         f"({num_classes},) to match weight {keys['weight']!r} {weight.shape}")
+    for features_role, labels_role in (("features", "labels"),
+                                       ("test_features", "test_labels")):
+        if features_role not in arrays:
+            continue
+        features, labels = arrays[features_role], arrays[labels_role]
+        if features.ndim != 2 or features.shape[1] != dim:
+            raise InputError(
+                f"{_describe(dump, keys[features_role], features_role, features)}; expected "
+                f"(N, {dim}) to match weight {keys['weight']!r} {tuple(weight.shape)}"
+            )
+        if not np.issubdtype(features.dtype, np.floating):
+            raise InputError(f"{_describe(dump, keys[features_role], features_role, features)}"
+                             "; expected floating-point features")
+        if tuple(labels.shape) != (features.shape[0],):
+            raise InputError(
+                f"{_describe(dump, keys[labels_role], labels_role, labels)}; expected "
+                f"({features.shape[0]},): one label per row of {keys[features_role]!r}"
+            )
+        if not np.issubdtype(labels.dtype, np.integer):
+            raise InputError(f"{_describe(dump, keys[labels_role], labels_role, labels)}; "
+                             "expected integer class labels")
+
 
 @contextlib.contextmanager
 def open_dump(path: str | os.PathLike) -> Iterator[_Dump]:
@@ -99,14 +169,34 @@ def open_dump(path: str | os.PathLike) -> Iterator[_Dump]:
     path = Path(path)
     kind = dump_kind(path)
     if kind == "npz":
+        import zipfile
+
         import numpy as np
 
-        with np.load(path, allow_pickle=False) as root:
+        try:
+            # allow_pickle=False: an archive of objects would run code on loading.
+            root = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+            raise InputError(f"{path}: not a readable .npz archive ({_one_line(err)})") from err
+        if not hasattr(root, "files"):  # np.load of a single .npy saved under .npz
+            raise InputError(f"{path}: a single NumPy array, not a .npz archive of named arrays")
+        with root:
             yield _Dump(path, root, kind)
     elif kind == "hdf5":
         import h5py
 
-        with h5py.File(path, "r") as root:
+        try:
+            root = h5py.File(path, "r")
+        except BlockingIOError as err:
+            # A run-time condition, not bad input: the file is fine once closed.
+            raise NCAnalysisError(
+                f"{path}: the HDF5 file is locked by another process that has it open for "
+                f"writing; try again once it is closed ({_one_line(err)})"
+            ) from err
+        except OSError as err:
+            # Truncated, damaged, unreadable: the message says which.
+            raise InputError(f"{path}: cannot open the HDF5 file ({_one_line(err)})") from err
+        with root:
             yield _Dump(path, root, kind)
     else:
         import zarr
@@ -170,15 +260,20 @@ def analyze_file(
     """
     if (test_features is None) != (test_labels is None):
         raise InputError("test_features and test_labels go together: give both or neither")
+    keys = {"features": features, "labels": labels, "weight": weight}
+    if bias is not None:
+        keys["bias"] = bias
+    if test_features is not None:
+        keys.update(test_features=test_features, test_labels=test_labels)
     with open_dump(path) as dump:
-        splits = {"train": (dump.array(features, "features"), dump.array(labels, "labels"))}
+        arrays = {role: dump.read(key, role) if role in ("weight", "bias")
+                  else dump.array(key, role) for role, key in keys.items()}
+        _check_arrays(dump, keys, arrays)
+        splits = {"train": (arrays["features"], arrays["labels"])}
         if test_features is not None:
-            splits["test"] = (
-                dump.array(test_features, "test_features"),
-                dump.array(test_labels, "test_labels"),
-            )
-        weight_array = dump.array(weight, "weight")[...]
-        bias_array = None if bias is None else dump.array(bias, "bias")[...]
+            splits["test"] = (arrays["test_features"], arrays["test_labels"])
+        weight_array = arrays["weight"]
+        bias_array = arrays.get("bias")
         # The computation happens inside the ``with``: the arrays read from the open file.
         ds = analyze_arrays(splits, weight_array, bias_array, **options)
     ds.attrs["source"] = os.fspath(path)

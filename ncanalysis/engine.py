@@ -38,7 +38,7 @@ from dask.highlevelgraph import HighLevelGraph
 
 from . import metrics, stats
 from ._version import __version__
-from .errors import InputError
+from .errors import ClusterError, InputError
 from .metrics import CLASS_METRICS, INT_VARIABLES, SCALAR_METRICS, split_metrics
 from .results import tpt_start_epoch
 from .sources import RowBlocks, as_row_blocks, is_dask_array, read_rows
@@ -88,6 +88,9 @@ def _check_epoch(item: EpochInput, ncc: bool) -> None:
     """Shapes and finiteness of everything small, before any graph is built."""
     weight, bias = item.weight, item.bias
     where = item.context()
+    for name, value in (("weight", weight), ("bias", bias)):
+        if not (np.issubdtype(value.dtype, np.number) or value.dtype == np.bool_):
+            raise InputError(f"{where}: {name} must hold numbers, not dtype {value.dtype}")
     if weight.ndim != 2:
         raise InputError(f"{where}: weight must be 2-D (C, d), got shape {weight.shape}")
     num_classes, dim = weight.shape
@@ -350,18 +353,150 @@ def _blas_threads_for(scheduler: Any) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-def _compute(graph: Any, scheduler: Any, progress: bool) -> Any:
-    """Compute one delayed object, with a progress bar on stderr when asked."""
+#: Seconds a dask.distributed run waits while its cluster has no worker, unless the
+#: dask config key ``ncanalysis.cluster-timeout`` says otherwise.  A nanny restarts
+#: a dead worker, and a freshly started worker joins its scheduler, within a few
+#: seconds; a minute covers both with a wide margin, while a run whose workers
+#: are gone for good still stops soon enough to be noticed.
+CLUSTER_TIMEOUT = 60.0
+_CLUSTER_TIMEOUT_KEY = "ncanalysis.cluster-timeout"
+
+
+def cluster_timeout() -> float:
+    """Seconds to wait for a worker (dask config ``ncanalysis.cluster-timeout``, default 60)."""
+    value = dask.config.get(_CLUSTER_TIMEOUT_KEY, None)
+    timeout = CLUSTER_TIMEOUT if value is None else float(value)
+    if not timeout > 0:
+        raise InputError(f"{_CLUSTER_TIMEOUT_KEY} must be a positive number of seconds, "
+                         f"not {value!r}")
+    return timeout
+
+
+def _progress_bar(client: Any, future: Any) -> Any:
+    """distributed's text bar for ``future``, drawn on stderr from a daemon thread.
+
+    The bar blocks until the computation ends; in its own thread it cannot keep
+    the caller waiting on a cluster that lost its workers.  stderr: results own
+    stdout (and redirecting sys.stdout from a thread would leak to the caller).
+    """
+    import threading
+
+    from distributed.diagnostics.progressbar import TextProgressBar
+
+    class _StderrBar(TextProgressBar):
+        def _draw_bar(self, remaining: int, all: int, **kwargs: Any) -> None:
+            frac = (1 - remaining / all) if all else 1.0
+            sys.stderr.write(f"\r[{'#' * int(self.width * frac):<{self.width}}] | "
+                             f"{int(100 * frac)}% Completed")
+            sys.stderr.flush()
+
+        def _draw_stop(self, **kwargs: Any) -> None:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+    def draw() -> None:
+        # Best effort: a bar that cannot reach the scheduler must not stop the run,
+        # which reports the cluster's failure itself.
+        with contextlib.suppress(Exception):
+            _StderrBar([future], scheduler=client.scheduler.address)
+
+    thread = threading.Thread(target=draw, name="ncanalysis-progress", daemon=True)
+    thread.start()
+    return thread
+
+
+def _live_workers(client: Any, timeout: float) -> int:
+    """Workers the scheduler knows of; 0 when the scheduler does not answer in time."""
+    try:
+        return len(client.nthreads(callback_timeout=timeout))
+    except (OSError, TimeoutError):  # a scheduler that went away has no workers
+        return 0
+
+
+def _cluster_result(client: Any, future: Any, where: str) -> Any:
+    """``future.result()``, failing with ClusterError instead of waiting forever.
+
+    The wait is cut into short polls; between them the scheduler's worker count
+    is read.  Once there has been no worker for :func:`cluster_timeout` seconds
+    (none came, or the last one died and nothing restarted it) the computation
+    is cancelled and ClusterError raised.  dask's ``KilledWorker`` (a task whose
+    workers kept dying, e.g. killed for memory) and a lost computation become
+    ClusterError naming ``where`` (file and epoch).
+    """
+    import time
+    from concurrent.futures import CancelledError
+
+    from distributed.scheduler import KilledWorker
+
+    timeout = cluster_timeout()
+    poll = min(1.0, timeout / 4)
+    empty_since: float | None = None
+    checked = time.monotonic()
+    step = 0.005
+    while True:
+        if future.done():
+            try:
+                if future.status != "finished":  # raises the task's own error
+                    return future.result()
+                # Fetching the finished (small) result: bounded too, yet apart from
+                # the task's own errors (a task may raise TimeoutError itself).
+                return future.result(timeout=timeout)
+            except KilledWorker as err:
+                raise ClusterError(
+                    f"{where}: dask workers kept dying while running task {err.task!r} "
+                    f"({err.allowed_failures + 1} tries; last worker "
+                    f"{err.last_worker.address}); a worker killed for memory is the usual "
+                    "cause: give workers more memory or use a smaller --rows-per-block"
+                ) from err
+            except CancelledError as err:
+                raise ClusterError(
+                    f"{where}: the dask scheduler lost the computation (scheduler "
+                    f"restarted, stopped or unreachable): {err}"
+                ) from err
+            except TimeoutError as err:
+                if future.status == "finished":
+                    raise ClusterError(
+                        f"{where}: could not fetch the finished result from the dask "
+                        f"cluster within {timeout:g} s"
+                    ) from err
+                continue  # its worker left with it: the scheduler computes it again
+        # Short sleeps: done() is local state, so a finished epoch is seen at once.
+        time.sleep(step)
+        step = min(2 * step, 0.1)
+        now = time.monotonic()
+        if now - checked < poll:
+            continue
+        checked = now
+        if _live_workers(client, timeout) > 0:
+            empty_since = None
+            continue
+        empty_since = now if empty_since is None else empty_since
+        if now - empty_since >= timeout:
+            with contextlib.suppress(Exception):
+                client.cancel(future)
+            raise ClusterError(
+                f"{where}: the dask cluster has had no worker for {timeout:g} s (none "
+                "joined, or every worker died); start workers, or raise the wait with "
+                "--cluster-timeout (dask config ncanalysis.cluster-timeout)"
+            )
+
+
+def _compute(graph: Any, scheduler: Any, progress: bool, where: str = "arrays") -> Any:
+    """Compute one delayed object, with a progress bar on stderr when asked.
+
+    On a dask.distributed Client the wait is bounded (:func:`_cluster_result`);
+    ``where`` names the source and epoch in its errors.
+    """
     client = _active_client(scheduler)
     if client is not None:
         future = client.compute(graph)
-        if progress:
-            from distributed import progress as distributed_progress
-
-            # distributed's text bar writes to stdout; results own stdout.
-            with contextlib.redirect_stdout(sys.stderr):
-                distributed_progress(future)
-        return future.result()
+        bar = _progress_bar(client, future) if progress else None
+        result = _cluster_result(client, future, where)
+        if bar is not None:
+            # Let the bar draw its 100 % before the next epoch's log line; a bar
+            # that cannot (scheduler gone) is not waited for long.
+            bar.join(timeout=2.0)
+        return result
     bar: contextlib.AbstractContextManager = contextlib.nullcontext()
     if progress:
         from dask.diagnostics import ProgressBar
@@ -457,7 +592,7 @@ def analyze_epochs(
             print(f"ncanalysis: {item.context()}: {', '.join(item.splits)}", file=sys.stderr)
         if item.epoch in results:
             raise InputError(f"{item.context()}: epoch given twice")
-        results[item.epoch] = _compute(graph, scheduler, progress)
+        results[item.epoch] = _compute(graph, scheduler, progress, item.context())
     return _to_dataset(
         results,
         num_classes=num_classes,
@@ -498,6 +633,10 @@ def analyze_arrays(
         The epoch coordinate of the result.
     scheduler : str or distributed.Client, optional
         Passed to ``dask.compute``; default: the active Client, else threads.
+        On a Client the wait is bounded: :class:`~ncanalysis.errors.ClusterError`
+        once the cluster has had no worker for the dask config value
+        ``ncanalysis.cluster-timeout`` (seconds, default 60), or when dask gives up
+        on a task whose workers kept dying (``KilledWorker``).
     global_mean : {"class", "sample"}
         mu_G as the mean of the class means (default) or of all samples.
     pinv_rtol : float
@@ -520,7 +659,8 @@ def analyze_arrays(
         Dimensions epoch (length 1), split and class; see ``docs/metrics.md``.
     """
     weight = np.asarray(weight)
-    bias = np.zeros(weight.shape[0]) if bias is None else np.asarray(bias)
+    # shape[:1]: a scalar or 1-D weight reaches _check_epoch, which names the problem.
+    bias = np.zeros(weight.shape[:1]) if bias is None else np.asarray(bias)
     prepared = {
         name: (as_row_blocks(features, rows_per_block=rows_per_block), _labels_array(labels))
         for name, (features, labels) in splits.items()
@@ -529,7 +669,7 @@ def analyze_arrays(
     return analyze_epochs(
         [item],
         num_classes=weight.shape[0] if weight.ndim == 2 else 0,
-        num_features=weight.shape[-1],
+        num_features=weight.shape[-1] if weight.ndim else 0,
         class_names=class_names,
         scheduler=scheduler,
         global_mean=global_mean,

@@ -11,6 +11,7 @@ __all__ = [
     "StoreFormatError",
     "IncompleteEpochError",
     "InputError",
+    "ClusterError",
 ]
 
 
@@ -28,3 +29,13 @@ class IncompleteEpochError(StoreFormatError):
 
 class InputError(NCAnalysisError, ValueError):
     """Arrays handed to the analyser do not fit together or hold bad values."""
+
+
+class ClusterError(NCAnalysisError):
+    """The dask.distributed cluster cannot run the analysis.
+
+    Raised when no worker is there for longer than the cluster timeout (none came,
+    or the last one died), when a task's workers kept dying (dask's
+    ``KilledWorker``), or when the scheduler lost the computation.  The message
+    names the epoch being analysed.
+    """
