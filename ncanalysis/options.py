@@ -103,8 +103,9 @@ class AnalysisOptions:
         object.__setattr__(self, "pinv_rtol", value)
         for name in ("ncc", "progress"):
             flag = getattr(self, name)
-            if not any(flag is v or (type(flag).__name__ == "bool_" and flag == v)
-                       for v in (True, False)):
+            # bool or numpy's bool scalar; 0, 1 and "yes" are refused.
+            if not (isinstance(flag, bool) or getattr(getattr(flag, "dtype", None), "kind", "")
+                    == "b" and getattr(flag, "ndim", 1) == 0):
                 raise InputError(f"{name} must be True or False, not {flag!r}")
             object.__setattr__(self, name, bool(flag))
         object.__setattr__(self, "splits", _split_names(self.splits))
