@@ -46,7 +46,13 @@ from .metrics import (
     terminal_phase,
 )
 from .options import AnalysisOptions, GemmDtype, GlobalMean, resolve_options
-from .sources import RowBlocks, as_row_blocks, is_dask_array, read_rows, store_row_blocks
+from .sources import (
+    RowBlocks,
+    as_row_blocks,
+    is_dask_array,
+    read_rows,
+    store_row_blocks,
+)
 from .store.spec import split_order
 
 if TYPE_CHECKING:

@@ -8,13 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from store_helpers import SIZES, make_store, store_path
 
 import ncanalysis
 from ncanalysis import engine, stats
 from ncanalysis.sources import RowBlocks, store_row_blocks, whole_chunk_rows
 from ncanalysis.store import RowSource, open_store
-
-from store_helpers import SIZES, make_store, store_path
 
 PACKAGE = Path(ncanalysis.__file__).parent
 #: What a store module may import from ncanalysis outside ncanalysis.store.
