@@ -271,7 +271,7 @@ def tpt_start_epoch(epochs: np.ndarray, train_accuracy: np.ndarray) -> int:
     return int(epochs[reached[0]]) if reached.size else -1
 
 
-def terminal_phase(epochs: np.ndarray, splits: Sequence[str],
+def terminal_phase(epochs: Sequence[int] | np.ndarray, splits: Sequence[str],
                    accuracy: np.ndarray) -> dict[str, int]:
     """The attributes ``tpt_start_epoch`` and ``tpt_stable_epoch`` of a results Dataset.
 
@@ -287,8 +287,9 @@ def terminal_phase(epochs: np.ndarray, splits: Sequence[str],
     if "train" not in list(splits):
         return {"tpt_start_epoch": -1, "tpt_stable_epoch": -1}
     train = np.asarray(accuracy)[:, list(splits).index("train")]
-    return {"tpt_start_epoch": tpt_start_epoch(epochs, train),
-            "tpt_stable_epoch": tpt_stable_epoch(epochs, train)}
+    numbers = np.asarray(epochs)
+    return {"tpt_start_epoch": tpt_start_epoch(numbers, train),
+            "tpt_stable_epoch": tpt_stable_epoch(numbers, train)}
 
 
 def tpt_stable_epoch(epochs: np.ndarray, train_accuracy: np.ndarray) -> int:
