@@ -42,12 +42,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from ncanalysis import analyze
+    from ncanalysis.sources import store_row_blocks
     from ncanalysis.store import open_store
 
     stores = {"off": args.off, "on": args.on}
     for name, path in stores.items():
         with open_store(path) as store:
-            checked = store.feature_blocks(args.epoch, "train").array
+            checked = store_row_blocks(store, args.epoch, "train").array
             print(f"{name}: {path}: {type(checked).__name__}, "
                   f"checksum={getattr(checked, 'checksum', None)}", file=sys.stderr)
         analyze(path, epochs=[args.epoch], scheduler="threads")  # warm-up (numba, page cache)
@@ -79,13 +80,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _read_epoch_cpu(path: str, epoch: int) -> float:
     """CPU seconds to read every feature block of every split of ``epoch`` once."""
-    from ncanalysis.sources import read_rows
+    from ncanalysis.sources import read_rows, store_row_blocks
     from ncanalysis.store import open_store
 
     c0 = time.process_time()
     with open_store(path) as store:
         for split in store.splits(epoch):
-            blocks = store.feature_blocks(epoch, split)
+            blocks = store_row_blocks(store, epoch, split)
             for start, stop in blocks.ranges():
                 read_rows(blocks.array, start, stop)
     return time.process_time() - c0

@@ -69,18 +69,6 @@ if str(REPO) not in sys.path:
 GEMM_SHAPE = (4096, 2048, 1000)  # (m, k, n): the float32 GEMM whose rate sets the floor
 SCHEDULERS = ("threads", "processes", "distributed", "sync")
 
-#: Benchmark-side monkeypatches that test a proposed engine change without editing it.
-#: ("nofuse", Array.to_delayed(optimize_graph=False), was fixed in the engine itself by
-#: e98c88b's hand-built graph and is gone.)
-EXPERIMENTS: dict[str, str] = {}
-
-
-def apply_experiments(names: list[str]) -> None:
-    """Apply the EXPERIMENTS named (in the process that builds the graph)."""
-    for name in names:
-        raise SystemExit(f"unknown experiment {name!r}")
-
-
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -326,9 +314,9 @@ def _graph_read_tasks(store, epoch: int, splits: list[str], rows_per_block,
     one nested ``read_rows`` task.
     """
     from ncanalysis.engine import EpochInput, epoch_graph
-    from ncanalysis.sources import read_rows
+    from ncanalysis.sources import read_rows, store_row_blocks
 
-    inputs = {s: (store.feature_blocks(epoch, s, rows_per_block=rows_per_block),
+    inputs = {s: (store_row_blocks(store, epoch, s, rows_per_block=rows_per_block),
                   store.labels(epoch, s)) for s in splits}
     item = EpochInput(epoch=epoch, splits=inputs, weight=store.weight(epoch),
                       bias=store.bias(epoch))
@@ -367,7 +355,6 @@ def child(args: argparse.Namespace) -> dict:
     epoch = args.epoch
     splits = store.splits(epoch)
     gemm_dtype = args.gemm_dtype
-    apply_experiments(args.experiment)
     warm_up(gemm_dtype)
     import tempfile
 
@@ -453,7 +440,8 @@ def child(args: argparse.Namespace) -> dict:
         "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS", "default"),
         "worker_blas_threads": sorted(set(worker_info.values())) if worker_info else None,
         "rows_per_block": args.rows_per_block, "cold": args.cold,
-        "experiments": args.experiment, "engine": engine_fingerprint(),
+        # No benchmark-side engine patches exist any more; kept for older result files.
+        "experiments": [], "engine": engine_fingerprint(),
         "malloc_env": malloc_env,
         "epoch_s": epoch_s,
         "cpu_s_main": (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system),
@@ -620,7 +608,6 @@ def profile_stages(args: argparse.Namespace) -> dict:
 
     store = _open(args.store)
     epoch = args.epoch
-    apply_experiments(args.experiment)
     warm_up(args.gemm_dtype)
     acc: dict[str, float] = {}
     cpu: dict[str, float] = {}
@@ -864,7 +851,7 @@ def markdown_row(s: dict) -> str:
         name += f", {s['rows_per_block']} rows/block"
     if s["cold_cache"]:
         name += ", cold"
-    for x in s["experiments"]:
+    for x in s.get("experiments", []):
         name += f", +{x}"
     for k, v in s["malloc_env"].items():
         name += f", {k}={v}"
@@ -895,7 +882,6 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--blas-threads", type=int)
         p.add_argument("--cold", action="store_true")
         p.add_argument("--cprofile", action="store_true")
-        p.add_argument("--experiment", action="append", default=[])
         a = p.parse_args(rest)
         fn = {"_child": child, "_baseline": baseline, "_profile": profile_stages}[mode]
         print(json.dumps(fn(a)))
@@ -925,9 +911,6 @@ def main(argv: list[str] | None = None) -> int:
                         help="stage breakdown of one epoch (sync scheduler) instead")
     parser.add_argument("--cprofile", action="store_true",
                         help="cProfile the timed epoch (top 25 by tottime, to stderr)")
-    parser.add_argument("--experiment", action="append", default=[], choices=sorted(EXPERIMENTS),
-                        help="apply a benchmark-side patch to the engine (repeatable; none "
-                        "defined at present)")
     parser.add_argument("--read-path", choices=("direct", "zarr"),
                         help="how Zarr features are read: the direct chunk-file reader or "
                         "zarr only (sets NCANALYSIS_DIRECT_READS for every measuring "
@@ -956,8 +939,6 @@ def main(argv: list[str] | None = None) -> int:
         common += ["--rows-per-block", str(args.rows_per_block)]
     if args.blas_threads:
         common += ["--blas-threads", str(args.blas_threads)]
-    for x in args.experiment:
-        common += ["--experiment", x]
 
     if args.profile:
         out = _spawn("_profile", common + ["--epoch", str(epochs[0])], env)

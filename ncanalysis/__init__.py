@@ -7,6 +7,7 @@ The metrics are those of Papyan, Han & Donoho (PNAS 2020) and their companions;
 - :func:`analyze_arrays` -- the same from arrays of another project (numpy,
   dask, zarr, h5py), no store needed;
 - :func:`analyze_file` -- the same from another project's HDF5, Zarr or npz dump;
+- :class:`AnalysisOptions` -- every analysis option in one object (``options=``);
 - :func:`open_store` / :func:`create_store` -- read and write the store format.
 
 The heavy modules (numba, xarray, dask) load on first use, so that the
@@ -25,6 +26,7 @@ _LAZY = {
     "analyze": ".engine",
     "analyze_arrays": ".engine",
     "analyze_file": ".dumps",
+    "AnalysisOptions": ".options",
     "open_store": ".store",
     "create_store": ".store",
     "open_store_writer": ".store",

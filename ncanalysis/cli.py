@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from ._version import __version__
-from .errors import IncompleteEpochError, InputError, NCAnalysisError, StoreFormatError
+from .errors import InputError, NCAnalysisError, StoreFormatError
+from .options import AnalysisOptions
 
 __all__ = ["main", "build_parser", "format_table", "parse_epochs"]
 
@@ -81,13 +82,6 @@ def parse_epochs(text: str) -> list[int]:
     return sorted(set(epochs))
 
 
-def _split_list(text: str) -> list[str]:
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    if not names:
-        raise argparse.ArgumentTypeError("expected a comma-separated list of split names")
-    return names
-
-
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -95,16 +89,6 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _relative_tolerance(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"must lie in (0, 1), got {text!r}")
     return value
 
 
@@ -148,22 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     sel = run.add_argument_group("selection")
     sel.add_argument("--epochs", type=parse_epochs, metavar="LIST",
                      help="epochs to analyse, e.g. 0,5,10-20 (default: every complete epoch)")
-    sel.add_argument("--splits", type=_split_list, metavar="LIST",
-                     help="splits to analyse, e.g. train,test (default: all)")
-    ana = run.add_argument_group("analysis settings")
-    ana.add_argument("--global-mean", choices=("class", "sample"), default="class",
-                     help="mu_G as the mean of the class means (default) or of all samples")
-    ana.add_argument("--pinv-rtol", type=_relative_tolerance, default=1e-10, metavar="X",
-                     help="relative eigenvalue cut-off of the Sigma_B pseudo-inverse "
-                     "(default: 1e-10)")
-    ana.add_argument("--gemm-dtype", choices=("float32", "float64"), default="float32",
-                     help="dtype of the large matrix products; sums are always float64 "
-                     "(default: float32)")
-    ana.add_argument("--no-ncc", dest="ncc", action="store_false",
-                     help="skip the NCC mismatch (NC4), which needs a train split")
-    ana.add_argument("--rows-per-block", type=_positive_int, metavar="N",
-                     help="rows per dask block (default: about 1/32 of a split, 4 to 32 MiB "
-                          "of stored features)")
+    # --splits and the "analysis settings" group: the options object's own.
+    AnalysisOptions.add_arguments(run, selection=sel)
     par = run.add_argument_group("parallelism").add_mutually_exclusive_group()
     par.add_argument("--scheduler", metavar="ADDRESS",
                      help="address of a running dask.distributed scheduler, "
@@ -346,14 +316,8 @@ def _check_run_options(args: argparse.Namespace) -> bool:
 
 
 def _analysis_options(args: argparse.Namespace) -> dict[str, Any]:
-    return {
-        "global_mean": args.global_mean,
-        "pinv_rtol": args.pinv_rtol,
-        "gemm_dtype": args.gemm_dtype,
-        "ncc": args.ncc,
-        "rows_per_block": args.rows_per_block,
-        "progress": not args.quiet,
-    }
+    """The keyword arguments of the analysis: one AnalysisOptions."""
+    return {"options": AnalysisOptions.from_args(args, progress=not args.quiet)}
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -432,11 +396,10 @@ def _run_store(args: argparse.Namespace) -> tuple[Any, dict[int, BaseException]]
     Returns the results now at the destination (None when none could be made)
     and the epochs skipped by --keep-going with their errors.
     """
-    from .results import plan_resume, run_settings, update_results
+    from .results import plan_resume, update_results
     from .store import open_store
 
-    settings = run_settings(global_mean=args.global_mean, pinv_rtol=args.pinv_rtol,
-                            gemm_dtype=args.gemm_dtype, ncc=args.ncc, splits=args.splits)
+    settings = AnalysisOptions.from_args(args).settings()
     source = os.path.abspath(args.path)
     _check_output(args)
     try:
@@ -456,7 +419,7 @@ def _run_store(args: argparse.Namespace) -> tuple[Any, dict[int, BaseException]]
     with store:
         complete = store.epochs()
         wanted = complete if args.epochs is None else args.epochs
-        _check_epochs(args.path, wanted, complete, store.incomplete_epochs())
+        store.check_epochs(wanted)  # all of them, before any work
         existing = _existing_results(args, source)
         identities = {e: store.epoch_identity(e) for e in wanted}
         plan = plan_resume(existing, wanted, settings, identities)
@@ -519,20 +482,6 @@ def _foreign_file(path: str) -> bool:
         return False
 
 
-def _check_epochs(path: str, wanted: Sequence[int], complete: Sequence[int],
-                  incomplete: Sequence[int]) -> None:
-    """Fail before any work when an epoch asked for cannot be analysed."""
-    described = (f"complete: {_epoch_ranges(complete) if complete else 'none'}; "
-                 f"incomplete: {_epoch_ranges(incomplete) if incomplete else 'none'}")
-    if not wanted:
-        raise StoreFormatError(f"{path}: no complete epoch to analyse ({described})")
-    unusable = sorted(set(wanted) - set(complete))
-    if unusable:
-        error = (IncompleteEpochError if set(unusable) <= set(incomplete)
-                 else StoreFormatError)
-        raise error(f"{path}: cannot analyse epoch(s) {_epoch_ranges(unusable)} ({described})")
-
-
 def _epoch_ranges(epochs: Sequence[int]) -> str:
     """``[0, 1, 2, 5]`` as ``"0-2, 5"``."""
     runs: list[list[int]] = []
@@ -579,6 +528,7 @@ def _size_on_disk(path: Path) -> int:
 
 def _store_info(path: str) -> dict[str, Any]:
     from .store import open_store
+    from .store.spec import split_order
 
     with open_store(path) as store:
         epochs = store.epochs()
@@ -600,7 +550,7 @@ def _store_info(path: str) -> dict[str, Any]:
             "num_features": store.num_features,
             "class_names": store.class_names,
             "splits": sorted({s for item in per_epoch for s in item["splits"]},
-                             key=lambda s: (s != "train", s)),
+                             key=split_order),
             "epochs": epochs,
             "incomplete_epochs": store.incomplete_epochs(),
             "samples": per_epoch,

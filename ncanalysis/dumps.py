@@ -236,7 +236,7 @@ def analyze_file(
         Keys of a test split (both or neither).
     **options
         Passed to :func:`ncanalysis.analyze_arrays` (``epoch``, ``scheduler``,
-        ``global_mean``, ``pinv_rtol``, ``gemm_dtype``, ``ncc``,
+        ``options``, ``global_mean``, ``pinv_rtol``, ``gemm_dtype``, ``ncc``,
         ``rows_per_block``, ``progress``, ``class_names``).
 
     Returns

@@ -37,16 +37,35 @@ from dask.graph_manipulation import bind
 from dask.highlevelgraph import HighLevelGraph
 
 from . import metrics, stats
-from ._version import __version__
 from .errors import ClusterError, InputError
-from .metrics import CLASS_METRICS, INT_VARIABLES, SCALAR_METRICS, split_metrics
-from .results import tpt_start_epoch
-from .sources import RowBlocks, as_row_blocks, is_dask_array, read_rows
+from .metrics import (
+    CLASS_METRICS,
+    INT_VARIABLES,
+    SCALAR_METRICS,
+    split_metrics,
+    terminal_phase,
+)
+from .options import AnalysisOptions, GemmDtype, GlobalMean, resolve_options
+from .sources import (
+    RowBlocks,
+    as_row_blocks,
+    is_dask_array,
+    read_rows,
+    store_row_blocks,
+)
+from .store.spec import split_order
 
 if TYPE_CHECKING:
     import dask.array as da
 
-__all__ = ["EpochInput", "analyze", "analyze_arrays", "analyze_epochs", "epoch_graph"]
+__all__ = [
+    "AnalysisOptions",
+    "EpochInput",
+    "analyze",
+    "analyze_arrays",
+    "analyze_epochs",
+    "epoch_graph",
+]
 
 _TREE_WIDTH = 8
 
@@ -71,17 +90,6 @@ class EpochInput:
         """A prefix for error messages: source, epoch and split."""
         text = f"{self.where}: epoch {self.epoch}"
         return text if split is None else f"{text}, split {split!r}"
-
-
-def _check_options(global_mean: str, gemm_dtype: str, pinv_rtol: float) -> None:
-    if global_mean not in stats.GLOBAL_MEAN_CHOICES:
-        raise InputError(
-            f"global_mean must be one of {stats.GLOBAL_MEAN_CHOICES}, not {global_mean!r}"
-        )
-    if gemm_dtype not in stats.GEMM_DTYPES:
-        raise InputError(f"gemm_dtype must be one of {stats.GEMM_DTYPES}, not {gemm_dtype!r}")
-    if not 0.0 < float(pinv_rtol) < 1.0:
-        raise InputError(f"pinv_rtol must lie in (0, 1), not {pinv_rtol!r}")
 
 
 def _check_epoch(item: EpochInput, ncc: bool) -> None:
@@ -264,23 +272,32 @@ def _gather(names: list[str], values: list[dict]) -> dict:
 def epoch_graph(
     item: EpochInput,
     *,
-    global_mean: str = "class",
-    pinv_rtol: float = 1e-10,
-    gemm_dtype: str = "float32",
-    ncc: bool = True,
+    options: AnalysisOptions | None = None,
+    global_mean: GlobalMean | None = None,
+    pinv_rtol: float | None = None,
+    gemm_dtype: GemmDtype | None = None,
+    ncc: bool | None = None,
 ) -> Any:
     """The delayed computation of every metric of one epoch.
+
+    ``options`` (or the separate keywords, which override its fields) as in
+    :func:`analyze_arrays`; its ``splits`` and ``rows_per_block`` are the
+    caller's (``item`` holds the splits already cut into blocks).
 
     Returns
     -------
     dask.delayed.Delayed
         Computes to ``{split: metrics dict}`` (see :func:`ncanalysis.metrics.split_metrics`).
     """
-    _check_options(global_mean, gemm_dtype, pinv_rtol)
+    chosen = resolve_options(options, global_mean=global_mean, pinv_rtol=pinv_rtol,
+                             gemm_dtype=gemm_dtype, ncc=ncc)
+    ncc = chosen.ncc
+    gemm_dtype = chosen.gemm_dtype
     _check_epoch(item, ncc)
     num_classes = item.weight.shape[0]
-    options = {"global_mean": global_mean, "pinv_rtol": pinv_rtol}
-    geometries = {split: _pass1(item, split, num_classes, **options) for split in item.splits}
+    geometry_options = {"global_mean": chosen.global_mean, "pinv_rtol": chosen.pinv_rtol}
+    geometries = {split: _pass1(item, split, num_classes, **geometry_options)
+                  for split in item.splits}
     train = geometries.get("train") if ncc else None
     scatters = {}
     for split in item.splits:
@@ -308,7 +325,9 @@ def epoch_graph(
 def _active_client(scheduler: Any) -> Any:
     """The dask.distributed Client that will run the graph, or None."""
     if scheduler is not None:
-        return scheduler if type(scheduler).__name__ == "Client" else None
+        # A Client can only have been made if distributed is imported: no import to check.
+        distributed = sys.modules.get("distributed")
+        return scheduler if distributed and isinstance(scheduler, distributed.Client) else None
     # A Client can only be active if distributed was imported: skip its 0.5 s import.
     if "distributed" not in sys.modules:
         return None
@@ -517,7 +536,7 @@ def _to_dataset(
     """Assemble ``{epoch: {split: metrics}}`` into the labelled results Dataset."""
     epochs = sorted(results)
     present = {s for per_epoch in results.values() for s in per_epoch}
-    splits = sorted(present, key=lambda s: (s != "train", s))
+    splits = sorted(present, key=split_order)
     shape2 = (len(epochs), len(splits))
     shape3 = shape2 + (num_classes,)
     data: dict[str, tuple] = {}
@@ -545,23 +564,9 @@ def _to_dataset(
         num_classes=int(num_classes),
         num_features=int(num_features),
         etf_exists=int(num_classes <= num_features + 1),
-        tpt_start_epoch=tpt_start_epoch(dataset),
+        **terminal_phase(epochs, splits, dataset["accuracy"].values),
     )
     return dataset
-
-
-def _settings_attrs(
-    global_mean: str, pinv_rtol: float, gemm_dtype: str, ncc: bool, source: str
-) -> dict:
-    return {
-        "global_mean": global_mean,
-        "pinv_rtol": float(pinv_rtol),
-        "accumulation_dtype": "float64",
-        "gemm_dtype": gemm_dtype,
-        "ncc_reference_split": "train" if ncc else "none",
-        "ncanalysis_version": __version__,
-        "source": source,
-    }
 
 
 def analyze_epochs(
@@ -572,33 +577,33 @@ def analyze_epochs(
     class_names: Sequence[str] | None = None,
     source: str = "arrays",
     scheduler: Any = None,
-    global_mean: str = "class",
-    pinv_rtol: float = 1e-10,
-    gemm_dtype: str = "float32",
-    ncc: bool = True,
-    progress: bool = False,
+    options: AnalysisOptions | None = None,
+    global_mean: GlobalMean | None = None,
+    pinv_rtol: float | None = None,
+    gemm_dtype: GemmDtype | None = None,
+    ncc: bool | None = None,
+    progress: bool | None = None,
 ) -> xr.Dataset:
     """Analyse a sequence of epochs, one ``dask.compute`` each, into one Dataset.
 
     This is the common path of :func:`analyze` and :func:`analyze_arrays`.
     """
-    _check_options(global_mean, gemm_dtype, pinv_rtol)
+    chosen = resolve_options(options, global_mean=global_mean, pinv_rtol=pinv_rtol,
+                             gemm_dtype=gemm_dtype, ncc=ncc, progress=progress)
     results: dict[int, dict] = {}
     for item in items:
-        graph = epoch_graph(
-            item, global_mean=global_mean, pinv_rtol=pinv_rtol, gemm_dtype=gemm_dtype, ncc=ncc
-        )
-        if progress:
+        graph = epoch_graph(item, options=chosen)
+        if chosen.progress:
             print(f"ncanalysis: {item.context()}: {', '.join(item.splits)}", file=sys.stderr)
         if item.epoch in results:
             raise InputError(f"{item.context()}: epoch given twice")
-        results[item.epoch] = _compute(graph, scheduler, progress, item.context())
+        results[item.epoch] = _compute(graph, scheduler, chosen.progress, item.context())
     return _to_dataset(
         results,
         num_classes=num_classes,
         num_features=num_features,
         class_names=class_names,
-        attrs=_settings_attrs(global_mean, pinv_rtol, gemm_dtype, ncc, source),
+        attrs={**chosen.attrs(), "source": source},
     )
 
 
@@ -609,12 +614,13 @@ def analyze_arrays(
     *,
     epoch: int = 0,
     scheduler: Any = None,
-    global_mean: str = "class",
-    pinv_rtol: float = 1e-10,
-    gemm_dtype: str = "float32",
-    ncc: bool = True,
+    options: AnalysisOptions | None = None,
+    global_mean: GlobalMean | None = None,
+    pinv_rtol: float | None = None,
+    gemm_dtype: GemmDtype | None = None,
+    ncc: bool | None = None,
     rows_per_block: int | None = None,
-    progress: bool = False,
+    progress: bool | None = None,
     class_names: Sequence[str] | None = None,
 ) -> xr.Dataset:
     """Every Neural Collapse metric of one epoch, from arrays (no store needed).
@@ -637,20 +643,13 @@ def analyze_arrays(
         once the cluster has had no worker for the dask config value
         ``ncanalysis.cluster-timeout`` (seconds, default 60), or when dask gives up
         on a task whose workers kept dying (``KilledWorker``).
-    global_mean : {"class", "sample"}
-        mu_G as the mean of the class means (default) or of all samples.
-    pinv_rtol : float
-        Eigenvalues of Sigma_B at or below ``pinv_rtol`` times the largest are
-        dropped from its pseudo-inverse.
-    gemm_dtype : {"float32", "float64"}
-        Dtype of the large matrix products; sums are always float64.
-    ncc : bool
-        Compute the NCC mismatch (needs a "train" split).
-    rows_per_block : int, optional
-        Rows per dask block (default: about 1/32 of the split, 4 to 32 MiB
-        of stored features).
-    progress : bool
-        Progress bar on stderr.
+    options : AnalysisOptions, optional
+        Every analysis option in one object (:class:`ncanalysis.options.AnalysisOptions`);
+        its ``splits``, when given, selects from ``splits``.
+    global_mean, pinv_rtol, gemm_dtype, ncc, rows_per_block, progress
+        The fields of :class:`~ncanalysis.options.AnalysisOptions` one by one; a
+        keyword given overrides that field of ``options``.  Defaults: "class",
+        1e-10, "float32", True, automatic, False.
     class_names : sequence of str, optional
 
     Returns
@@ -658,11 +657,20 @@ def analyze_arrays(
     xarray.Dataset
         Dimensions epoch (length 1), split and class; see ``docs/metrics.md``.
     """
+    chosen = resolve_options(options, global_mean=global_mean, pinv_rtol=pinv_rtol,
+                             gemm_dtype=gemm_dtype, ncc=ncc, rows_per_block=rows_per_block,
+                             progress=progress)
+    if chosen.splits is not None:
+        missing = [s for s in chosen.splits if s not in splits]
+        if missing:
+            raise InputError(f"arrays: no split(s) {missing} (given: {sorted(splits)})")
+        splits = {name: splits[name] for name in chosen.splits}
     weight = np.asarray(weight)
     # shape[:1]: a scalar or 1-D weight reaches _check_epoch, which names the problem.
     bias = np.zeros(weight.shape[:1]) if bias is None else np.asarray(bias)
     prepared = {
-        name: (as_row_blocks(features, rows_per_block=rows_per_block), _labels_array(labels))
+        name: (as_row_blocks(features, rows_per_block=chosen.rows_per_block),
+               _labels_array(labels))
         for name, (features, labels) in splits.items()
     }
     item = EpochInput(epoch=int(epoch), splits=prepared, weight=weight, bias=bias)
@@ -672,11 +680,7 @@ def analyze_arrays(
         num_features=weight.shape[-1] if weight.ndim else 0,
         class_names=class_names,
         scheduler=scheduler,
-        global_mean=global_mean,
-        pinv_rtol=pinv_rtol,
-        gemm_dtype=gemm_dtype,
-        ncc=ncc,
-        progress=progress,
+        options=chosen,
     )
 
 
@@ -693,25 +697,30 @@ def analyze(
     epochs: Iterable[int] | None = None,
     splits: Iterable[str] | None = None,
     scheduler: Any = None,
-    global_mean: str = "class",
-    pinv_rtol: float = 1e-10,
-    gemm_dtype: str = "float32",
-    ncc: bool = True,
+    options: AnalysisOptions | None = None,
+    global_mean: GlobalMean | None = None,
+    pinv_rtol: float | None = None,
+    gemm_dtype: GemmDtype | None = None,
+    ncc: bool | None = None,
     rows_per_block: int | None = None,
-    progress: bool = False,
+    progress: bool | None = None,
 ) -> xr.Dataset:
     """Every Neural Collapse metric of every complete epoch and split of a store.
 
     Parameters
     ----------
     store_or_path : Store or path
-        An open :class:`ncanalysis.store.Store` or the path of one (Zarr or HDF5).
+        An open :class:`ncanalysis.store.Store` or the path of one (Zarr or HDF5);
+        a path is opened here and closed before returning.
     epochs : iterable of int, optional
-        Epochs to analyse (default: every complete epoch).  Asking for an
-        incomplete or missing epoch raises.
+        Epochs to analyse (default: every complete epoch).  Every one is checked
+        before any work: an incomplete or missing epoch raises
+        :class:`~ncanalysis.errors.IncompleteEpochError` or
+        :class:`~ncanalysis.errors.StoreFormatError` naming all of them.
     splits : iterable of str, optional
-        Splits to analyse (default: all).  NCC needs "train" among them.
-    scheduler, global_mean, pinv_rtol, gemm_dtype, ncc, rows_per_block, progress
+        Splits to analyse (default: all; overrides ``options.splits``).  NCC needs
+        "train" among them.
+    scheduler, options, global_mean, pinv_rtol, gemm_dtype, ncc, rows_per_block, progress
         As in :func:`analyze_arrays`.
 
     Returns
@@ -723,9 +732,21 @@ def analyze(
     """
     from .store import Store, open_store
 
-    store = store_or_path if isinstance(store_or_path, Store) else open_store(store_or_path)
-    wanted = store.epochs() if epochs is None else [int(e) for e in epochs]
-    chosen = None if splits is None else list(splits)
+    chosen = resolve_options(options, splits=splits, global_mean=global_mean,
+                             pinv_rtol=pinv_rtol, gemm_dtype=gemm_dtype, ncc=ncc,
+                             rows_per_block=rows_per_block, progress=progress)
+    if isinstance(store_or_path, Store):
+        return _analyze_store(store_or_path, epochs, scheduler, chosen)
+    with open_store(store_or_path) as store:
+        return _analyze_store(store, epochs, scheduler, chosen)
+
+
+def _analyze_store(
+    store: Any, epochs: Iterable[int] | None, scheduler: Any, options: AnalysisOptions
+) -> xr.Dataset:
+    """:func:`analyze` of an open store."""
+    wanted = store.check_epochs(epochs)  # all of them, before any work
+    chosen = options.splits
     identities: dict[int, str] = {}
 
     def items() -> Iterable[EpochInput]:
@@ -745,7 +766,7 @@ def analyze(
                 epoch=epoch,
                 splits={
                     s: (
-                        store.feature_blocks(epoch, s, rows_per_block=rows_per_block),
+                        store_row_blocks(store, epoch, s, rows_per_block=options.rows_per_block),
                         store.labels(epoch, s),
                     )
                     for s in names
@@ -762,11 +783,7 @@ def analyze(
         class_names=store.class_names,
         source=os.fspath(store.path),
         scheduler=scheduler,
-        global_mean=global_mean,
-        pinv_rtol=pinv_rtol,
-        gemm_dtype=gemm_dtype,
-        ncc=ncc,
-        progress=progress,
+        options=options,
     )
     epoch_ids = [identities[e] for e in dataset["epoch"].values.tolist()]
     return dataset.assign(epoch_identity=("epoch", np.asarray(epoch_ids, dtype=str)))

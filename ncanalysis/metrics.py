@@ -9,6 +9,7 @@ al. 2021).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -31,6 +32,9 @@ __all__ = [
     "etf_error",
     "self_duality",
     "cdnv",
+    "terminal_phase",
+    "tpt_start_epoch",
+    "tpt_stable_epoch",
 ]
 
 #: Per (epoch, split) values, in the order of METRICS.md.
@@ -241,6 +245,53 @@ def split_metrics(
     return values
 
 
+def _train_accuracy_series(epochs: np.ndarray, train_accuracy: np.ndarray) -> tuple:
+    epochs = np.asarray(epochs)
+    accuracy = np.asarray(train_accuracy, dtype=np.float64)
+    if epochs.shape != accuracy.shape or epochs.ndim != 1:
+        raise ValueError(f"epochs {epochs.shape} and train_accuracy {accuracy.shape} must be "
+                         "1-d arrays of the same length")
+    return epochs, accuracy
+
+
+def tpt_start_epoch(epochs: np.ndarray, train_accuracy: np.ndarray) -> int:
+    """The first epoch whose train accuracy is exactly 1, or -1 (no such epoch).
+
+    The start of the terminal phase of training in Papyan, Han & Donoho (2020).
+
+    Parameters
+    ----------
+    epochs : array_like of int, shape (E,)
+        The analysed epochs, in increasing order.
+    train_accuracy : array_like of float, shape (E,)
+        Train accuracy at each of ``epochs`` (NaN where not analysed).
+    """
+    epochs, accuracy = _train_accuracy_series(epochs, train_accuracy)
+    reached = np.flatnonzero(accuracy == 1.0)
+    return int(epochs[reached[0]]) if reached.size else -1
+
+
+def terminal_phase(epochs: Sequence[int] | np.ndarray, splits: Sequence[str],
+                   accuracy: np.ndarray) -> dict[str, int]:
+    """The attributes ``tpt_start_epoch`` and ``tpt_stable_epoch`` of a results Dataset.
+
+    Parameters
+    ----------
+    epochs : array_like of int, shape (E,)
+        The analysed epochs, in increasing order.
+    splits : sequence of str, length S
+        The analysed splits; without "train" both attributes are -1.
+    accuracy : array_like of float, shape (E, S)
+        The ``accuracy`` variable (NaN where a split was not analysed).
+    """
+    if "train" not in list(splits):
+        return {"tpt_start_epoch": -1, "tpt_stable_epoch": -1}
+    train = np.asarray(accuracy)[:, list(splits).index("train")]
+    numbers = np.asarray(epochs)
+    return {"tpt_start_epoch": tpt_start_epoch(numbers, train),
+            "tpt_stable_epoch": tpt_stable_epoch(numbers, train)}
+
+
 def tpt_stable_epoch(epochs: np.ndarray, train_accuracy: np.ndarray) -> int:
     """The first epoch from which train accuracy stays exactly 1 to the end, or -1.
 
@@ -264,11 +315,7 @@ def tpt_stable_epoch(epochs: np.ndarray, train_accuracy: np.ndarray) -> int:
         from e on has train accuracy 1; -1 when the last analysed train accuracy
         is below 1 or there is none.
     """
-    epochs = np.asarray(epochs)
-    accuracy = np.asarray(train_accuracy, dtype=np.float64)
-    if epochs.shape != accuracy.shape or epochs.ndim != 1:
-        raise ValueError(f"epochs {epochs.shape} and train_accuracy {accuracy.shape} must be "
-                         "1-d arrays of the same length")
+    epochs, accuracy = _train_accuracy_series(epochs, train_accuracy)
     measured = np.flatnonzero(np.isfinite(accuracy))
     perfect = measured[accuracy[measured] == 1.0]
     below = measured[accuracy[measured] != 1.0]

@@ -13,7 +13,7 @@ of five forms, chosen by :func:`save_results` from the path:
 - the ``results`` group inside the analysed store itself (``in_store=True``):
   a Zarr group for a Zarr store, a netCDF group (h5netcdf) for an HDF5 store.
 
-Resuming: :func:`run_settings` describes the options of an analysis,
+Resuming: :meth:`ncanalysis.options.AnalysisOptions.settings` describes the options of an analysis,
 :func:`plan_resume` compares them with stored results and says which epochs
 still need work, and :func:`merge_results` adds new epochs to old results.
 """
@@ -38,8 +38,9 @@ import numpy as np
 import xarray as xr
 
 from .errors import InputError, NCAnalysisError, StoreFormatError
-from .metrics import INT_VARIABLES
-from .store.spec import RESULTS_GROUP, ROOT_ATTR, is_hdf5_path
+from .metrics import COUNT_VARIABLES, INT_VARIABLES, SCALAR_METRICS, terminal_phase
+from .options import ALL_SPLITS, SETTINGS, AnalysisOptions, settings_of
+from .store.spec import RESULTS_GROUP, ROOT_ATTR, is_hdf5_path, split_order
 
 __all__ = [
     "ALL_SPLITS",
@@ -60,18 +61,12 @@ __all__ = [
     "settings_of",
     "to_csv_text",
     "to_json_dict",
-    "tpt_start_epoch",
     "update_results",
 ]
 
 #: Suffixes of the stand-alone result files that save_results and load_results know.
 RESULTS_FORMATS = (".zarr", ".nc", ".json", ".csv")
-#: Value of the ``splits_selected`` attribute when every split was analysed
-#: (not a valid split name, see docs/store-format.md).
-ALL_SPLITS = "*"
-#: The attributes that make two analyses comparable: an epoch analysed with the
-#: same values need not be analysed again.
-SETTINGS = ("global_mean", "pinv_rtol", "gemm_dtype", "ncc_reference_split", "splits_selected")
+# ALL_SPLITS and SETTINGS live with the options (ncanalysis.options); re-exported here.
 
 _JSON_FORMAT = "ncanalysis-results"
 _JSON_VERSION = 1
@@ -92,7 +87,7 @@ def _missing_value(name: str) -> float | int:
 
 def _ordered_splits(names: Iterable[str]) -> list[str]:
     """"train" first, then the others sorted: the analyser's order."""
-    return sorted(set(names), key=lambda s: (s != "train", s))
+    return sorted(set(names), key=split_order)
 
 
 def _plain(value: Any) -> Any:
@@ -295,11 +290,7 @@ def from_json_dict(data: dict, *, where: str = "JSON") -> xr.Dataset:
 
 def _csv_columns() -> tuple[str, ...]:
     """CSV columns after epoch and split: the counts, then the scalar metrics."""
-    # Imported here: ncanalysis.metrics loads numba, which reading Zarr, netCDF
-    # or JSON results (``ncanalysis plot``) does not need.
-    from .metrics import SCALAR_METRICS
-
-    return ("n_samples", "nc1_rank", "n_classes_present") + SCALAR_METRICS
+    return COUNT_VARIABLES + SCALAR_METRICS
 
 
 def to_csv_text(ds: xr.Dataset) -> str:
@@ -625,7 +616,7 @@ def _compatible(old: xr.Dataset, new: xr.Dataset, in_store: bool) -> bool:
     # A store's own results describe it wherever it has been moved or copied to.
     keys = ("num_classes", "num_features") + (() if in_store else ("source",))
     same = all(old.attrs.get(key) == new.attrs.get(key) for key in keys)
-    return same and settings_of(old) == settings_of(new)
+    return same and settings_of(old.attrs) == settings_of(new.attrs)
 
 
 def _read_existing(path: Path, in_store: bool, lock_timeout: float) -> xr.Dataset | None:
@@ -859,32 +850,9 @@ def run_settings(
     ncc: bool = True,
     splits: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """The settings of an analysis, as the attributes its results carry.
-
-    ``splits=None`` (every split) is recorded as :data:`ALL_SPLITS`; a list as
-    its sorted, comma-separated names.
-    """
-    return {
-        "global_mean": global_mean,
-        "pinv_rtol": float(pinv_rtol),
-        "gemm_dtype": gemm_dtype,
-        "ncc_reference_split": "train" if ncc else "none",
-        "splits_selected": ALL_SPLITS if splits is None else ",".join(sorted(set(splits))),
-    }
-
-
-def settings_of(ds: xr.Dataset) -> dict[str, Any]:
-    """The settings recorded in a results Dataset's attributes.
-
-    Results saved by a library call carry no ``splits_selected``; they are
-    taken to cover every split (the default of :func:`ncanalysis.analyze`).
-    """
-    found = {key: ds.attrs.get(key) for key in SETTINGS}
-    if found["splits_selected"] is None:
-        found["splits_selected"] = ALL_SPLITS
-    if found["pinv_rtol"] is not None:
-        found["pinv_rtol"] = float(found["pinv_rtol"])
-    return found
+    """The settings of an analysis: ``AnalysisOptions(...).settings()`` (kept for callers)."""
+    return AnalysisOptions(global_mean=global_mean, pinv_rtol=pinv_rtol,  # type: ignore[arg-type]
+                           gemm_dtype=gemm_dtype, ncc=ncc, splits=splits).settings()  # type: ignore[arg-type]
 
 
 @dataclass
@@ -928,7 +896,7 @@ def plan_resume(
     epochs = [int(e) for e in epochs]
     if existing is None:
         return ResumePlan(epochs, [], None, "no earlier results")
-    old = settings_of(existing)
+    old = settings_of(existing.attrs)
     changed = [f"{key} {old[key]!r} -> {settings[key]!r}" for key in SETTINGS
                if old[key] != settings[key]]
     if changed:
@@ -952,15 +920,6 @@ def plan_resume(
     return ResumePlan(todo, done, existing, reason)
 
 
-def tpt_start_epoch(ds: xr.Dataset) -> int:
-    """The first epoch whose train accuracy is exactly 1, or -1 (no such epoch)."""
-    if "train" not in ds["split"].values.tolist():
-        return -1
-    accuracy = ds["accuracy"].sel(split="train").values
-    reached = np.flatnonzero(accuracy == 1.0)
-    return int(ds["epoch"].values[reached[0]]) if reached.size else -1
-
-
 def _with_splits(ds: xr.Dataset, splits: list[str]) -> xr.Dataset:
     """``ds`` reindexed to ``splits``; new splits get the missing-value markers."""
     fill = {name: _missing_value(name) for name in ds.data_vars if name != IDENTITY}
@@ -977,8 +936,8 @@ def _with_identity(ds: xr.Dataset) -> xr.Dataset:
 def merge_results(old: xr.Dataset, new: xr.Dataset) -> xr.Dataset:
     """Old results with the epochs of ``new`` added (``new`` wins where both have one).
 
-    The attributes are those of ``new``, with ``tpt_start_epoch`` recomputed
-    over the merged epochs.
+    The attributes are those of ``new``, with ``tpt_start_epoch`` and
+    ``tpt_stable_epoch`` recomputed over the merged epochs.
 
     Raises
     ------
@@ -1016,5 +975,6 @@ def merge_results(old: xr.Dataset, new: xr.Dataset) -> xr.Dataset:
             combine_attrs="drop",
         ).sortby("epoch")
     merged.attrs = dict(new.attrs)
-    merged.attrs["tpt_start_epoch"] = tpt_start_epoch(merged)
+    merged.attrs.update(terminal_phase(merged["epoch"].values, merged["split"].values.tolist(),
+                                       merged["accuracy"].values))
     return merged

@@ -20,13 +20,83 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .store._hdf5 import HDF5Proxy
-from .store.spec import default_block_rows
+from .store import HDF5Proxy
 
 if TYPE_CHECKING:
     import dask.array as da
 
-__all__ = ["RowBlocks", "as_row_blocks", "is_dask_array", "read_rows"]
+    from .store import Store
+
+__all__ = [
+    "BLOCKS_PER_SPLIT",
+    "DEFAULT_BLOCK_BYTES",
+    "MIN_BLOCK_BYTES",
+    "RowBlocks",
+    "as_row_blocks",
+    "default_block_rows",
+    "is_dask_array",
+    "read_rows",
+    "store_row_blocks",
+    "whole_chunk_rows",
+]
+
+#: Stored bytes of features per dask block when rows_per_block is not given: a
+#: split is cut into about BLOCKS_PER_SPLIT blocks, so that the last blocks of a
+#: pass keep every worker busy, of MIN_BLOCK_BYTES to DEFAULT_BLOCK_BYTES each
+#: (smaller blocks cost per-task overhead, larger ones memory).
+DEFAULT_BLOCK_BYTES = 32 << 20
+MIN_BLOCK_BYTES = 4 << 20
+BLOCKS_PER_SPLIT = 32
+
+
+def default_block_rows(num_rows: int, row_bytes: int) -> int:
+    """Rows per block for a split of ``num_rows`` rows of ``row_bytes`` bytes.
+
+    About 1/BLOCKS_PER_SPLIT of the split, within MIN_BLOCK_BYTES and
+    DEFAULT_BLOCK_BYTES (and never more than the split).
+    """
+    target = num_rows * row_bytes // BLOCKS_PER_SPLIT
+    target = min(DEFAULT_BLOCK_BYTES, max(MIN_BLOCK_BYTES, target))
+    return int(max(1, min(num_rows, target // max(1, row_bytes))))
+
+
+def whole_chunk_rows(
+    chunk_rows: int, row_bytes: int, rows_per_block: int | None = None, num_rows: int = 0
+) -> int:
+    """Rows per block of a store's split: a whole number (at least one) of stored chunks.
+
+    Parameters
+    ----------
+    chunk_rows
+        Rows per stored chunk.
+    row_bytes
+        Stored bytes of one row.
+    rows_per_block
+        Requested rows per block, rounded to the nearest multiple of ``chunk_rows``;
+        None takes :func:`default_block_rows` of the split.
+    num_rows
+        Rows of the split (for the default).
+    """
+    if rows_per_block is None:
+        rows_per_block = default_block_rows(num_rows, row_bytes)
+    chunks = (rows_per_block + chunk_rows // 2) // chunk_rows  # halves round up
+    return chunk_rows * max(1, chunks)
+
+
+def store_row_blocks(
+    store: Store, epoch: int, split: str, *, rows_per_block: int | None = None
+) -> RowBlocks:
+    """A store's features of one split as the blocks of rows the analysis reads.
+
+    Blocks are whole stored chunks (:func:`whole_chunk_rows`); the array-like is
+    the store's picklable :class:`~ncanalysis.store.RowSource`, so each task reads
+    its own rows (under dask.distributed, on its worker).
+    """
+    source = store.feature_rows(epoch, split)
+    num_rows, dim = source.shape
+    rows = whole_chunk_rows(source.chunk_rows, dim * source.dtype.itemsize, rows_per_block,
+                            num_rows)
+    return RowBlocks.of(source.array, rows)
 
 
 def is_dask_array(value: Any) -> bool:

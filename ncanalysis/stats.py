@@ -28,6 +28,7 @@ import numpy as np
 
 from . import kernels
 from .errors import InputError
+from .options import GEMM_DTYPES, GLOBAL_MEAN_CHOICES
 
 __all__ = [
     "ClassSums",
@@ -42,8 +43,7 @@ __all__ = [
     "GEMM_DTYPES",
 ]
 
-GLOBAL_MEAN_CHOICES = ("class", "sample")
-GEMM_DTYPES = ("float32", "float64")
+# The choices are the options' (checked once, by AnalysisOptions); re-exported here.
 
 # Relative round-off bounds of the fast decisions, by GEMM dtype: closer calls
 # are decided again exactly (about 100 and 5000 units in the last place).
@@ -218,12 +218,11 @@ def split_geometry(
     num_classes, dim = sums.sums.shape
     means = np.full((num_classes, dim), np.nan)
     means[present] = sums.sums[present] / counts[present, None]
-    if global_mean == "class":
-        mu_g = means[present].mean(axis=0)
-    elif global_mean == "sample":
+    # global_mean is one of GLOBAL_MEAN_CHOICES: AnalysisOptions checked it.
+    if global_mean == "sample":
         mu_g = sums.sums.sum(axis=0) / counts.sum()
     else:
-        raise InputError(f"global_mean must be one of {GLOBAL_MEAN_CHOICES}, not {global_mean!r}")
+        mu_g = means[present].mean(axis=0)
     centred = means - mu_g
     centred_present = centred[present]
     gram_present = centred_present @ centred_present.T
@@ -304,6 +303,11 @@ class BlockPlan:
     gemm_dtype: np.dtype = field(default_factory=lambda: np.dtype(np.float32))
     # Per-thread temporaries of block_scatter, reused from block to block.
     scratch: dict = field(default_factory=dict, repr=False, compare=False)
+    #: max_c ||w_c||, the scale of the logit round-off bound: once per plan, not per block.
+    weight_norm: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.weight_norm = float(np.sqrt(np.einsum("ij,ij->i", self.weight, self.weight).max()))
 
     @property
     def ncc(self) -> bool:
@@ -435,7 +439,6 @@ def block_scatter(features: np.ndarray, labels: np.ndarray, plan: BlockPlan) -> 
     mismatch = np.zeros(num_classes, dtype=np.int64)
     n_proj = plan.ncc_offsets.shape[1]
     logits_row = np.empty(num_classes)
-    weight_norm = float(np.sqrt(np.einsum("ij,ij->i", plan.weight, plan.weight).max()))
     tie_scale = _TIE_SCALE[plan.gemm_dtype]
     for start in range(0, features.shape[0], _SUB_BLOCK_ROWS):
         # Per sub-block: a task holds the stored block plus small temporaries.
@@ -464,7 +467,7 @@ def block_scatter(features: np.ndarray, labels: np.ndarray, plan: BlockPlan) -> 
                 train_means_projected=plan.train_means_projected,
                 logit_start=plan.logit_start,
                 logit_offsets=plan.logit_offsets,
-                weight_norm=weight_norm,
+                weight_norm=plan.weight_norm,
                 tie_scale=tie_scale,
             ),
             kernels.ScatterOutputs(

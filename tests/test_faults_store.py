@@ -23,7 +23,7 @@ from zarr.codecs import Crc32cCodec
 from ncanalysis import analyze
 from ncanalysis.cli import main as cli_main
 from ncanalysis.errors import InputError, StoreFormatError
-from ncanalysis.sources import read_rows
+from ncanalysis.sources import read_rows, store_row_blocks
 from ncanalysis.store import (
     FORMAT_VERSION,
     ChunkError,
@@ -58,7 +58,7 @@ def test_missing_feature_chunk_is_an_error_not_zeros(tmp_path, read_path, checks
     with open_store(path) as store:
         with pytest.raises(ChunkError, match=WHERE + r": chunk file .*c/1/0 is missing"):
             store.features(0, "train").compute()
-        blocks = store.feature_blocks(0, "train", rows_per_block=4)
+        blocks = store_row_blocks(store, 0, "train", rows_per_block=4)
         if read_path == "zarr":
             assert isinstance(blocks.array, ZarrRows)
         with pytest.raises(ChunkError, match="c/1/0"):
@@ -161,7 +161,7 @@ def test_flipped_feature_bytes_fail_the_checksum_on_both_paths(tmp_path, read_pa
     with open_store(path) as store:
         with pytest.raises(ChunkError, match=WHERE + r".*c/2/0.*(crc32c|checksum)"):
             store.features(0, "train").compute()
-        blocks = store.feature_blocks(0, "train", rows_per_block=4)
+        blocks = store_row_blocks(store, 0, "train", rows_per_block=4)
         with pytest.raises(ChunkError, match="c/2/0"):
             read_rows(blocks.array, 9, 10)  # a partial chunk is verified whole
         read_rows(blocks.array, 0, 8)  # the other chunks read
@@ -189,7 +189,7 @@ def test_flipped_bytes_in_hdf5_fail_fletcher32(tmp_path):
     with open_store(path) as store:
         with pytest.raises(ChunkError, match=WHERE + r".*rows 8\.\."):
             store.features(0, "train").compute()
-        read_rows(store.feature_blocks(0, "train", rows_per_block=4).array, 0, 8)  # others read
+        read_rows(store_row_blocks(store, 0, "train", rows_per_block=4).array, 0, 8)  # others read
     problems = validate_store(path)
     assert len(problems) == 1 and "features" in problems[0], problems
 

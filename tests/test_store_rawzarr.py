@@ -14,6 +14,7 @@ from store_helpers import make_store
 from zarr.codecs import BloscCodec, Crc32cCodec
 
 from ncanalysis.errors import InputError, StoreFormatError
+from ncanalysis.sources import store_row_blocks
 from ncanalysis.store import DIRECT_READS_ENV, ChunkError, open_store
 from ncanalysis.store._rawzarr import RawRowChunks, raw_row_chunks
 from ncanalysis.store._zarr import ZarrRows
@@ -89,7 +90,7 @@ def test_store_features_take_the_direct_path(tmp_path):
             features.compute(), data[0].splits["train"][0], rtol=2**-11, atol=0
         )
         # The analyser's own blocks: the same reader, the same row ranges.
-        blocks = store.feature_blocks(0, "train", rows_per_block=1)
+        blocks = store_row_blocks(store, 0, "train", rows_per_block=1)
         assert isinstance(blocks.array, RawRowChunks)
         assert blocks.block_rows == features.chunks[0]
 
@@ -144,9 +145,9 @@ def test_switch_turns_the_direct_reader_off(tmp_path, monkeypatch):
     for value, kind in (("0", ZarrRows), ("off", ZarrRows), ("1", RawRowChunks), ("", RawRowChunks)):
         monkeypatch.setenv(DIRECT_READS_ENV, value)
         with open_store(path) as store:
-            blocks = store.feature_blocks(0, "train", rows_per_block=8)
+            blocks = store_row_blocks(store, 0, "train", rows_per_block=8)
             assert isinstance(blocks.array, kind), value
             np.testing.assert_array_equal(blocks.array[0:22], expected)
     monkeypatch.setenv(DIRECT_READS_ENV, "maybe")
     with open_store(path) as store, pytest.raises(InputError, match=DIRECT_READS_ENV):
-        store.feature_blocks(0, "train")
+        store_row_blocks(store, 0, "train")

@@ -97,7 +97,9 @@ def test_default_chunks_hold_whole_rows(tmp_path, backend):
         assert epoch.write_unit_rows("wide") == 10
 
 
-@pytest.mark.parametrize(("rows_per_block", "expected"), [(None, 22), (1, 4), (9, 8), (10, 12)])
+# Default: one block per stored chunk (the analyser's block sizing is ncanalysis.sources'
+# and tested in test_layers.py).
+@pytest.mark.parametrize(("rows_per_block", "expected"), [(None, 4), (1, 4), (9, 8), (10, 12)])
 def test_features_blocks_are_whole_stored_chunks(tmp_path, backend, rows_per_block, expected):
     path = store_path(tmp_path, backend)
     make_store(path, chunk_rows=4)

@@ -6,12 +6,12 @@ Read with `open_store`, check with `validate_store`, write with `create_store` /
 
 from ._chunks import ChunkError
 from ._rawzarr import DIRECT_READS_ENV
-from .reader import Store, open_store
+from ._hdf5 import HDF5Proxy
+from .reader import RowSource, Store, open_store
 from .spec import (
     BIAS,
     CLASSIFIER_DTYPES,
     COMPLETE_ATTR,
-    DEFAULT_BLOCK_BYTES,
     DEFAULT_CHECKSUMS,
     DEFAULT_CHUNK_BYTES,
     DIMENSIONS,
@@ -34,6 +34,8 @@ from .validate import validate_store
 from .writer import EpochWriter, StoreWriter, create_store, open_store_writer
 
 __all__ = [
+    "HDF5Proxy",
+    "RowSource",
     "open_store",
     "Store",
     "validate_store",
@@ -60,7 +62,6 @@ __all__ = [
     "SAMPLE_INDEX_DTYPE",
     "HDF5_SUFFIXES",
     "DEFAULT_CHUNK_BYTES",
-    "DEFAULT_BLOCK_BYTES",
     "DEFAULT_CHECKSUMS",
     "DIRECT_READS_ENV",
     "ChunkError",

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -21,20 +23,57 @@ from .spec import (
     WEIGHT,
     ArrayInfo,
     array_problem,
-    block_rows,
     check_meta,
-    is_count,
     epoch_node,
+    epoch_ranges,
+    is_count,
     parse_epoch_name,
     split_node,
+    split_order,
 )
 
 if TYPE_CHECKING:  # dask.array takes ~0.5 s to import; reading a store does not need it
     import dask.array as da
 
-    from ..sources import RowBlocks
+__all__ = ["open_store", "RowSource", "Store"]
 
-__all__ = ["open_store", "Store"]
+
+@dataclass(frozen=True)
+class RowSource:
+    """The features of one split as a picklable array-like, read a range of rows at a time.
+
+    What :meth:`Store.feature_rows` returns; the analyser cuts it into blocks of
+    whole stored chunks (``ncanalysis.sources.store_row_blocks``).
+
+    Attributes
+    ----------
+    array : array-like, shape (N, d)
+        ``array[start:stop]`` reads those rows as numpy: straight from the chunk
+        files where the layout allows it (uncompressed whole-row chunks on a local
+        Zarr store), else through zarr, or through an :class:`HDF5Proxy` that opens
+        the file inside the reading task.  Holds no open file: it pickles, for
+        dask.distributed workers.
+    chunk_rows : int
+        Rows per stored chunk: reads of whole chunks waste nothing.
+    """
+
+    array: Any
+    chunk_rows: int
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(int(n) for n in self.array.shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.array.dtype)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.array.shape)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return np.asarray(self.array[key])
 
 
 def open_store(path: str | os.PathLike[str]) -> Store:
@@ -102,14 +141,59 @@ class Store:
         """Numbers of the epochs begun but not finalized, sorted."""
         return [e for e in self._all_epochs() if not self._is_complete(e)]
 
+    def check_epochs(self, epochs: Iterable[int] | None = None) -> list[int]:
+        """The epochs to analyse, every one checked at once, before any work.
+
+        Parameters
+        ----------
+        epochs
+            Default: every complete epoch.
+
+        Returns
+        -------
+        list of int
+            ``epochs`` as integers in the order given (default: the complete epochs).
+
+        Raises
+        ------
+        IncompleteEpochError
+            When every epoch that cannot be read is one begun but not finalized.
+        StoreFormatError
+            When some are not in the store, or there is no epoch at all; the
+            message names them all and the store's complete and incomplete epochs.
+        """
+        complete = self.epochs()
+        wanted = list(complete) if epochs is None else [int(e) for e in epochs]
+        incomplete = self.incomplete_epochs()
+        described = (f"complete: {epoch_ranges(complete) if complete else 'none'}; "
+                     f"incomplete: {epoch_ranges(incomplete) if incomplete else 'none'}")
+        if not wanted:
+            raise StoreFormatError(f"{self.path}: no complete epoch to analyse ({described})")
+        unusable = sorted(set(wanted) - set(complete))
+        if unusable:
+            error = IncompleteEpochError if set(unusable) <= set(incomplete) else StoreFormatError
+            raise error(
+                f"{self.path}: cannot analyse epoch(s) {epoch_ranges(unusable)} ({described})"
+            )
+        return wanted
+
     def splits(self, epoch: int) -> list[str]:
         """Splits of a complete epoch: ``"train"`` first if present, then sorted."""
         self._check_epoch(epoch)
-        return sorted(self._backend.groups(epoch_node(epoch)), key=lambda s: (s != "train", s))
+        return sorted(self._backend.groups(epoch_node(epoch)), key=split_order)
 
     def num_samples(self, epoch: int, split: str) -> int:
         """N, the rows of one split of one epoch."""
         return self._features_info(epoch, split).shape[0]
+
+    def feature_rows(self, epoch: int, split: str) -> RowSource:
+        """Features (N, d) in their stored dtype, as a picklable row source.
+
+        Each analysis task reads its own rows from it (see :class:`RowSource`).
+        """
+        info = self._features_info(epoch, split)
+        source = self._backend.row_source(f"{split_node(epoch, split)}/{FEATURES}")
+        return RowSource(source, int(info.chunks[0]))
 
     def features(
         self, epoch: int, split: str, *, rows_per_block: int | None = None
@@ -121,8 +205,8 @@ class Store:
         epoch, split
             Which features.
         rows_per_block
-            Rows per dask block, rounded to a multiple of the stored chunk rows;
-            default about 1/32 of the split, 4 to 32 MiB of stored data per block.
+            Rows per dask block, rounded to the nearest multiple of the stored
+            chunk rows (at least one chunk); default: one block per stored chunk.
 
         Returns
         -------
@@ -131,35 +215,19 @@ class Store:
         """
         import dask.array as da
 
-        blocks = self.feature_blocks(epoch, split, rows_per_block=rows_per_block)
+        if rows_per_block is not None and not is_count(rows_per_block):
+            raise InputError(f"rows_per_block must be a positive integer, got {rows_per_block!r}")
+        rows = self.feature_rows(epoch, split)
+        unit = rows.chunk_rows
+        step = unit if rows_per_block is None else unit * max(1, (rows_per_block + unit // 2) // unit)
         return da.from_array(
-            blocks.array,
-            chunks=(blocks.block_rows, (self.num_features,)),
+            rows.array,
+            chunks=(step, self.num_features),
             asarray=True,
             lock=False,
             fancy=False,
-            meta=np.empty((0, 0), blocks.dtype),
+            meta=np.empty((0, 0), rows.dtype),
         )
-
-    def feature_blocks(
-        self, epoch: int, split: str, *, rows_per_block: int | None = None
-    ) -> RowBlocks:
-        """Features (N, d) in their stored dtype, as the blocks of rows the analyser reads.
-
-        Same blocks as :meth:`features`, without dask.array: each analysis task
-        reads its own rows, straight from the chunk files where the layout allows
-        it (uncompressed whole-row chunks on a local Zarr store), else through
-        zarr or h5py.  Picklable, for dask.distributed.
-        """
-        from ..sources import RowBlocks
-
-        if rows_per_block is not None and not is_count(rows_per_block):
-            raise InputError(f"rows_per_block must be a positive integer, got {rows_per_block!r}")
-        info = self._features_info(epoch, split)
-        row_bytes = self.num_features * info.dtype.itemsize
-        rows = block_rows(info.chunks[0], row_bytes, rows_per_block, info.shape[0])
-        source = self._backend.row_source(f"{split_node(epoch, split)}/{FEATURES}")
-        return RowBlocks.of(source, rows)
 
     def labels(self, epoch: int, split: str) -> np.ndarray:
         """Labels (N,), integers in 0..C-1."""

@@ -37,23 +37,20 @@ __all__ = [
     "SAMPLE_INDEX_DTYPE",
     "HDF5_SUFFIXES",
     "DEFAULT_CHUNK_BYTES",
-    "DEFAULT_BLOCK_BYTES",
     "DEFAULT_CHECKSUMS",
-    "MIN_BLOCK_BYTES",
-    "BLOCKS_PER_SPLIT",
     "ArrayInfo",
     "is_hdf5_path",
     "epoch_node",
     "split_node",
     "parse_epoch_name",
     "check_split_name",
+    "split_order",
+    "epoch_ranges",
     "check_meta",
     "array_problem",
     "is_count",
     "is_index",
     "default_chunk_rows",
-    "block_rows",
-    "default_block_rows",
 ]
 
 FORMAT_NAME = "ncanalysis-store"
@@ -97,13 +94,6 @@ DEFAULT_CHUNK_BYTES = 8 << 20
 #: Verifying them cost ~1 % of the analysis of an ImageNet-10% epoch (+0.07 s of CPU per
 #: 565 MB read pass; benchmarks/RESULTS.md, "Checksums"), under the 5 % allowed: on by default.
 DEFAULT_CHECKSUMS = True
-#: Stored bytes of features per dask block when rows_per_block is not given: a
-#: split is cut into about BLOCKS_PER_SPLIT blocks, so that the last blocks of a
-#: pass keep every worker busy, of MIN_BLOCK_BYTES to DEFAULT_BLOCK_BYTES each
-#: (smaller blocks cost per-task overhead, larger ones memory).
-DEFAULT_BLOCK_BYTES = 32 << 20
-MIN_BLOCK_BYTES = 4 << 20
-BLOCKS_PER_SPLIT = 32
 
 # Floating arrays and their dtypes; labels and sample_index take any integer dtype.
 _DTYPES = {FEATURES: FEATURE_DTYPES, WEIGHT: CLASSIFIER_DTYPES, BIAS: CLASSIFIER_DTYPES}
@@ -152,6 +142,26 @@ def split_node(epoch: int, split: str) -> str:
 def parse_epoch_name(name: str) -> int | None:
     """Return the epoch number a group name stands for, or None if it is not one."""
     return int(name) if _EPOCH_NAME.fullmatch(name) else None
+
+
+def split_order(split: str) -> tuple[bool, str]:
+    """Sort key of split names: ``"train"`` first, then the others by name.
+
+    The one order of splits everywhere: a store's, the results' split coordinate,
+    merged results.  ``sorted(names, key=split_order)``.
+    """
+    return (split != "train", split)
+
+
+def epoch_ranges(epochs: list[int] | tuple[int, ...]) -> str:
+    """Sorted epochs as ranges, for messages: ``[0, 1, 2, 5]`` as ``"0-2, 5"``."""
+    runs: list[list[int]] = []
+    for epoch in epochs:
+        if runs and epoch == runs[-1][1] + 1:
+            runs[-1][1] = epoch
+        else:
+            runs.append([epoch, epoch])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
 
 
 def check_split_name(split: str) -> None:
@@ -255,37 +265,3 @@ def default_chunk_rows(num_samples: int, num_features: int, dtype: str) -> int:
     """
     row_bytes = num_features * np.dtype(dtype).itemsize
     return max(1, min(num_samples, DEFAULT_CHUNK_BYTES // row_bytes))
-
-
-def default_block_rows(num_rows: int, row_bytes: int) -> int:
-    """Rows per dask block for a split of ``num_rows`` rows of ``row_bytes`` bytes.
-
-    About 1/BLOCKS_PER_SPLIT of the split, within MIN_BLOCK_BYTES and
-    DEFAULT_BLOCK_BYTES (and never more than the split).
-    """
-    target = num_rows * row_bytes // BLOCKS_PER_SPLIT
-    target = min(DEFAULT_BLOCK_BYTES, max(MIN_BLOCK_BYTES, target))
-    return int(max(1, min(num_rows, target // max(1, row_bytes))))
-
-
-def block_rows(
-    chunk_rows: int, row_bytes: int, rows_per_block: int | None = None, num_rows: int = 0
-) -> int:
-    """Rows per dask block: a whole number (at least one) of stored chunks.
-
-    Parameters
-    ----------
-    chunk_rows
-        Rows per stored chunk.
-    row_bytes
-        Stored bytes of one row.
-    rows_per_block
-        Requested rows per block, rounded to the nearest multiple of ``chunk_rows``;
-        None takes :func:`default_block_rows` of the split.
-    num_rows
-        Rows of the split (for the default).
-    """
-    if rows_per_block is None:
-        rows_per_block = default_block_rows(num_rows, row_bytes)
-    chunks = (rows_per_block + chunk_rows // 2) // chunk_rows  # halves round up
-    return chunk_rows * max(1, chunks)

@@ -136,7 +136,12 @@ def open_store_writer(path: str | os.PathLike[str]) -> StoreWriter:
         When ``path`` is not a store of a readable version.
     """
     backend = open_backend(Path(path), writable=True)
-    return StoreWriter(backend, check_meta(backend.meta(), str(path)))
+    try:
+        meta = check_meta(backend.meta(), str(path))
+    except BaseException:
+        backend.close()  # not a store: release what was opened
+        raise
+    return StoreWriter(backend, meta)
 
 
 class StoreWriter:
@@ -559,9 +564,15 @@ def _check_replaceable(path: Path, overwrite: bool) -> None:
         return
     refusal = f"{path} is not an ncanalysis store; refusing to overwrite it"
     try:
-        meta = open_backend(path, writable=False).meta()
+        backend = open_backend(path, writable=False)
     except StoreFormatError as err:
         raise FileExistsError(refusal) from err
+    try:
+        meta = backend.meta()
+    except StoreFormatError as err:
+        raise FileExistsError(refusal) from err
+    finally:
+        backend.close()
     if not (isinstance(meta, dict) and meta.get("format") == FORMAT_NAME):
         raise FileExistsError(refusal)
 
