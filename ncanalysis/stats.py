@@ -218,11 +218,13 @@ def split_geometry(
     num_classes, dim = sums.sums.shape
     means = np.full((num_classes, dim), np.nan)
     means[present] = sums.sums[present] / counts[present, None]
-    # global_mean is one of GLOBAL_MEAN_CHOICES: AnalysisOptions checked it.
+    # AnalysisOptions checked global_mean for users; a direct caller gets no fallback.
     if global_mean == "sample":
         mu_g = sums.sums.sum(axis=0) / counts.sum()
-    else:
+    elif global_mean == "class":
         mu_g = means[present].mean(axis=0)
+    else:
+        raise InputError(f"{context}: global_mean must be 'class' or 'sample', not {global_mean!r}")
     centred = means - mu_g
     centred_present = centred[present]
     gram_present = centred_present @ centred_present.T
