@@ -36,3 +36,9 @@ def test_coordinates_and_separation(pinv_rtol):
     # A lower bound, and a tight one.
     assert np.all(geometry.separation <= nearest)
     assert np.all(geometry.separation >= 0.999 * nearest)
+
+
+def test_unknown_global_mean_is_refused_not_replaced():
+    sums = stats.ClassSums(np.full(3, 2, dtype=np.int64), np.eye(3))
+    with pytest.raises(ValueError, match="global_mean"):
+        stats.split_geometry(sums, global_mean="median")
