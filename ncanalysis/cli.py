@@ -588,7 +588,7 @@ def _store_info(path: str) -> dict[str, Any]:
         if epochs:
             # Dtypes from the latest complete epoch: reading them is cheap (no data).
             last = epochs[-1]
-            dtypes = {f"features/{s}": str(store.features(last, s).dtype)
+            dtypes = {f"features/{s}": str(store.feature_dtype(last, s))
                       for s in store.splits(last)}
             dtypes["weight"] = str(store.weight(last).dtype)
             dtypes["bias"] = str(store.bias(last).dtype)

@@ -111,6 +111,10 @@ class Store:
         """N, the rows of one split of one epoch."""
         return self._features_info(epoch, split).shape[0]
 
+    def feature_dtype(self, epoch: int, split: str) -> np.dtype:
+        """The stored dtype of one split's features, read without dask or the data."""
+        return np.dtype(self._features_info(epoch, split).dtype)
+
     def features(
         self, epoch: int, split: str, *, rows_per_block: int | None = None
     ) -> da.Array:
