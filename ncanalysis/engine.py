@@ -42,6 +42,7 @@ from .errors import ClusterError, InputError
 from .metrics import CLASS_METRICS, INT_VARIABLES, SCALAR_METRICS, split_metrics
 from .results import tpt_start_epoch
 from .sources import RowBlocks, as_row_blocks, is_dask_array, read_rows
+from .variables import describe
 
 if TYPE_CHECKING:
     import dask.array as da
@@ -547,7 +548,7 @@ def _to_dataset(
         etf_exists=int(num_classes <= num_features + 1),
         tpt_start_epoch=tpt_start_epoch(dataset),
     )
-    return dataset
+    return describe(dataset)  # order and attributes: ncanalysis/variables.py
 
 
 def _settings_attrs(
@@ -769,4 +770,4 @@ def analyze(
         progress=progress,
     )
     epoch_ids = [identities[e] for e in dataset["epoch"].values.tolist()]
-    return dataset.assign(epoch_identity=("epoch", np.asarray(epoch_ids, dtype=str)))
+    return describe(dataset.assign(epoch_identity=("epoch", np.asarray(epoch_ids, dtype=str))))
