@@ -40,6 +40,7 @@ from . import metrics, stats
 from ._version import __version__
 from .errors import ClusterError, InputError
 from .metrics import CLASS_METRICS, INT_VARIABLES, SCALAR_METRICS, split_metrics
+from .progress import epoch_progress, logger
 from .results import tpt_start_epoch
 from .sources import RowBlocks, as_row_blocks, is_dask_array, read_rows
 from .variables import describe
@@ -373,39 +374,6 @@ def cluster_timeout() -> float:
     return timeout
 
 
-def _progress_bar(client: Any, future: Any) -> Any:
-    """distributed's text bar for ``future``, drawn on stderr from a daemon thread.
-
-    The bar blocks until the computation ends; in its own thread it cannot keep
-    the caller waiting on a cluster that lost its workers.  stderr: results own
-    stdout (and redirecting sys.stdout from a thread would leak to the caller).
-    """
-    import threading
-
-    from distributed.diagnostics.progressbar import TextProgressBar
-
-    class _StderrBar(TextProgressBar):
-        def _draw_bar(self, remaining: int, all: int, **kwargs: Any) -> None:
-            frac = (1 - remaining / all) if all else 1.0
-            sys.stderr.write(f"\r[{'#' * int(self.width * frac):<{self.width}}] | "
-                             f"{int(100 * frac)}% Completed")
-            sys.stderr.flush()
-
-        def _draw_stop(self, **kwargs: Any) -> None:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
-
-    def draw() -> None:
-        # Best effort: a bar that cannot reach the scheduler must not stop the run,
-        # which reports the cluster's failure itself.
-        with contextlib.suppress(Exception):
-            _StderrBar([future], scheduler=client.scheduler.address)
-
-    thread = threading.Thread(target=draw, name="ncanalysis-progress", daemon=True)
-    thread.start()
-    return thread
-
-
 def _live_workers(client: Any, timeout: float) -> int:
     """Workers the scheduler knows of; 0 when the scheduler does not answer in time."""
     try:
@@ -482,28 +450,17 @@ def _cluster_result(client: Any, future: Any, where: str) -> Any:
             )
 
 
-def _compute(graph: Any, scheduler: Any, progress: bool, where: str = "arrays") -> Any:
-    """Compute one delayed object, with a progress bar on stderr when asked.
+def _compute(graph: Any, scheduler: Any, where: str = "arrays") -> Any:
+    """Compute one delayed object.
 
     On a dask.distributed Client the wait is bounded (:func:`_cluster_result`);
-    ``where`` names the source and epoch in its errors.
+    ``where`` names the source and epoch in its errors.  Progress is counted in
+    epochs by the caller (ncanalysis/progress.py), not per task.
     """
     client = _active_client(scheduler)
     if client is not None:
-        future = client.compute(graph)
-        bar = _progress_bar(client, future) if progress else None
-        result = _cluster_result(client, future, where)
-        if bar is not None:
-            # Let the bar draw its 100 % before the next epoch's log line; a bar
-            # that cannot (scheduler gone) is not waited for long.
-            bar.join(timeout=2.0)
-        return result
-    bar: contextlib.AbstractContextManager = contextlib.nullcontext()
-    if progress:
-        from dask.diagnostics import ProgressBar
-
-        bar = ProgressBar(out=sys.stderr)
-    with bar, _blas_threads_for(scheduler):
+        return _cluster_result(client, client.compute(graph), where)
+    with _blas_threads_for(scheduler):
         return dask.compute(graph, scheduler=_local_scheduler(scheduler))[0]
 
 
@@ -577,23 +534,26 @@ def analyze_epochs(
     pinv_rtol: float = 1e-10,
     gemm_dtype: str = "float32",
     ncc: bool = True,
-    progress: bool = False,
+    progress: Any = False,
 ) -> xr.Dataset:
     """Analyse a sequence of epochs, one ``dask.compute`` each, into one Dataset.
 
-    This is the common path of :func:`analyze` and :func:`analyze_arrays`.
+    This is the common path of :func:`analyze` and :func:`analyze_arrays`;
+    ``progress`` as in :func:`ncanalysis.progress.epoch_progress`.
     """
     _check_options(global_mean, gemm_dtype, pinv_rtol)
     results: dict[int, dict] = {}
-    for item in items:
-        graph = epoch_graph(
-            item, global_mean=global_mean, pinv_rtol=pinv_rtol, gemm_dtype=gemm_dtype, ncc=ncc
-        )
-        if progress:
-            print(f"ncanalysis: {item.context()}: {', '.join(item.splits)}", file=sys.stderr)
-        if item.epoch in results:
-            raise InputError(f"{item.context()}: epoch given twice")
-        results[item.epoch] = _compute(graph, scheduler, progress, item.context())
+    with epoch_progress(progress, total=None) as reporter:  # closes only a bar it made
+        for item in items:
+            graph = epoch_graph(
+                item, global_mean=global_mean, pinv_rtol=pinv_rtol, gemm_dtype=gemm_dtype,
+                ncc=ncc,
+            )
+            logger.info("%s: analysing %s", item.context(), ", ".join(item.splits))
+            if item.epoch in results:
+                raise InputError(f"{item.context()}: epoch given twice")
+            results[item.epoch] = _compute(graph, scheduler, item.context())
+            reporter.epoch_done(item.context())
     return _to_dataset(
         results,
         num_classes=num_classes,
@@ -615,7 +575,7 @@ def analyze_arrays(
     gemm_dtype: str = "float32",
     ncc: bool = True,
     rows_per_block: int | None = None,
-    progress: bool = False,
+    progress: Any = False,
     class_names: Sequence[str] | None = None,
 ) -> xr.Dataset:
     """Every Neural Collapse metric of one epoch, from arrays (no store needed).
@@ -650,8 +610,10 @@ def analyze_arrays(
     rows_per_block : int, optional
         Rows per dask block (default: about 1/32 of the split, 4 to 32 MiB
         of stored features).
-    progress : bool
-        Progress bar on stderr.
+    progress : bool, callable or tqdm-like, optional
+        ``True``: one bar on stderr for the call (epochs done, rate, time
+        left); ``callback(done, total)``; or an object with ``update(n)``
+        (a tqdm bar: updated, never closed).  See :mod:`ncanalysis.progress`.
     class_names : sequence of str, optional
 
     Returns
@@ -677,7 +639,7 @@ def analyze_arrays(
         pinv_rtol=pinv_rtol,
         gemm_dtype=gemm_dtype,
         ncc=ncc,
-        progress=progress,
+        progress=epoch_progress(progress, total=1),
     )
 
 
@@ -699,7 +661,7 @@ def analyze(
     gemm_dtype: str = "float32",
     ncc: bool = True,
     rows_per_block: int | None = None,
-    progress: bool = False,
+    progress: Any = False,
 ) -> xr.Dataset:
     """Every Neural Collapse metric of every complete epoch and split of a store.
 
@@ -767,7 +729,7 @@ def analyze(
         pinv_rtol=pinv_rtol,
         gemm_dtype=gemm_dtype,
         ncc=ncc,
-        progress=progress,
+        progress=epoch_progress(progress, total=len(wanted)),
     )
     epoch_ids = [identities[e] for e in dataset["epoch"].values.tolist()]
     return describe(dataset.assign(epoch_identity=("epoch", np.asarray(epoch_ids, dtype=str))))
