@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import ENTRY_POINT, make_store
 
 import ncanalysis
-from cli_helpers import ENTRY_POINT, make_store
 from ncanalysis.errors import InputError
 
 PACKAGE = Path(ncanalysis.__file__).resolve().parent
