@@ -140,9 +140,10 @@ def _for_writing(ds: xr.Dataset) -> xr.Dataset:
     out = describe(ds)  # a copy, in the documented order, with the variables' attributes
     for var in _STRING_VARIABLES:
         if var in out.coords:
-            out = out.assign_coords({var: (out[var].dims, out[var].values.astype(object))})
+            out = out.assign_coords({var: (out[var].dims, out[var].values.astype(object),
+                                           out[var].attrs)})
         elif var in out.data_vars:
-            out[var] = (out[var].dims, out[var].values.astype(object))
+            out[var] = (out[var].dims, out[var].values.astype(object), out[var].attrs)
     for name in out.variables:
         out[name].encoding = {}
     return out

@@ -108,6 +108,9 @@ def test_store_results_group_has_consolidated_metadata(tmp_path):
         assert metadata is not None and "nc1" in metadata.metadata
         with xr.open_zarr(group, consolidated=True) as ds:
             assert ds["self_duality"].attrs["collapse"] == "decreases to 0"
+            for name in ds.data_vars:  # in the file, text variables included
+                assert ds[name].attrs.get("collapse") in COLLAPSE_VALUES, name
+            assert ds["class_name"].attrs["long_name"] == "class name"
             assert set(ds.data_vars) == {v.name for v in VARIABLES}
     # Zarr lists a group's arrays by name; load_results gives the documented order back.
     _assert_described(load_results(store), "store results")
