@@ -428,13 +428,16 @@ def _run_store(args: argparse.Namespace) -> tuple[Any, dict[int, BaseException]]
             return plan.keep, failed
         _log(args, f"analysing epoch(s) {_epoch_ranges(plan.todo)}")
         from .engine import analyze  # here: a run with nothing to do never loads numba
+        from .progress import run_progress
 
         merged, saved = plan.keep, list[int]()
-        with _scheduler(args) as scheduler:
+        # ONE bar for the whole run (ncanalysis/progress.py): analyze updates it per epoch.
+        with _scheduler(args) as scheduler, run_progress(len(plan.todo), not args.quiet) as bar:
             for epoch in plan.todo:
                 try:
                     new = analyze(store, epochs=[epoch], splits=args.splits,
-                                  scheduler=scheduler, **_analysis_options(args))
+                                  scheduler=scheduler, **{**_analysis_options(args),
+                                                          "progress": bar})
                 except _EPOCH_ERRORS as err:
                     if not args.keep_going:
                         if saved:
@@ -538,7 +541,7 @@ def _store_info(path: str) -> dict[str, Any]:
         if epochs:
             # Dtypes from the latest complete epoch: reading them is cheap (no data).
             last = epochs[-1]
-            dtypes = {f"features/{s}": str(store.features(last, s).dtype)
+            dtypes = {f"features/{s}": str(store.feature_dtype(last, s))
                       for s in store.splits(last)}
             dtypes["weight"] = str(store.weight(last).dtype)
             dtypes["bias"] = str(store.bias(last).dtype)

@@ -21,6 +21,7 @@ Client the caller has made active.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import os
 import sys
@@ -46,6 +47,7 @@ from .metrics import (
     terminal_phase,
 )
 from .options import AnalysisOptions, GemmDtype, GlobalMean, resolve_options
+from .progress import epoch_progress, logger
 from .sources import (
     RowBlocks,
     as_row_blocks,
@@ -54,6 +56,7 @@ from .sources import (
     store_row_blocks,
 )
 from .store.spec import split_order
+from .variables import describe
 
 if TYPE_CHECKING:
     import dask.array as da
@@ -391,39 +394,6 @@ def cluster_timeout() -> float:
     return timeout
 
 
-def _progress_bar(client: Any, future: Any) -> Any:
-    """distributed's text bar for ``future``, drawn on stderr from a daemon thread.
-
-    The bar blocks until the computation ends; in its own thread it cannot keep
-    the caller waiting on a cluster that lost its workers.  stderr: results own
-    stdout (and redirecting sys.stdout from a thread would leak to the caller).
-    """
-    import threading
-
-    from distributed.diagnostics.progressbar import TextProgressBar
-
-    class _StderrBar(TextProgressBar):
-        def _draw_bar(self, remaining: int, all: int, **kwargs: Any) -> None:
-            frac = (1 - remaining / all) if all else 1.0
-            sys.stderr.write(f"\r[{'#' * int(self.width * frac):<{self.width}}] | "
-                             f"{int(100 * frac)}% Completed")
-            sys.stderr.flush()
-
-        def _draw_stop(self, **kwargs: Any) -> None:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
-
-    def draw() -> None:
-        # Best effort: a bar that cannot reach the scheduler must not stop the run,
-        # which reports the cluster's failure itself.
-        with contextlib.suppress(Exception):
-            _StderrBar([future], scheduler=client.scheduler.address)
-
-    thread = threading.Thread(target=draw, name="ncanalysis-progress", daemon=True)
-    thread.start()
-    return thread
-
-
 def _live_workers(client: Any, timeout: float) -> int:
     """Workers the scheduler knows of; 0 when the scheduler does not answer in time."""
     try:
@@ -500,28 +470,17 @@ def _cluster_result(client: Any, future: Any, where: str) -> Any:
             )
 
 
-def _compute(graph: Any, scheduler: Any, progress: bool, where: str = "arrays") -> Any:
-    """Compute one delayed object, with a progress bar on stderr when asked.
+def _compute(graph: Any, scheduler: Any, where: str = "arrays") -> Any:
+    """Compute one delayed object.
 
     On a dask.distributed Client the wait is bounded (:func:`_cluster_result`);
-    ``where`` names the source and epoch in its errors.
+    ``where`` names the source and epoch in its errors.  Progress is counted in
+    epochs by the caller (ncanalysis/progress.py), not per task.
     """
     client = _active_client(scheduler)
     if client is not None:
-        future = client.compute(graph)
-        bar = _progress_bar(client, future) if progress else None
-        result = _cluster_result(client, future, where)
-        if bar is not None:
-            # Let the bar draw its 100 % before the next epoch's log line; a bar
-            # that cannot (scheduler gone) is not waited for long.
-            bar.join(timeout=2.0)
-        return result
-    bar: contextlib.AbstractContextManager = contextlib.nullcontext()
-    if progress:
-        from dask.diagnostics import ProgressBar
-
-        bar = ProgressBar(out=sys.stderr)
-    with bar, _blas_threads_for(scheduler):
+        return _cluster_result(client, client.compute(graph), where)
+    with _blas_threads_for(scheduler):
         return dask.compute(graph, scheduler=_local_scheduler(scheduler))[0]
 
 
@@ -566,7 +525,7 @@ def _to_dataset(
         etf_exists=int(num_classes <= num_features + 1),
         **terminal_phase(epochs, splits, dataset["accuracy"].values),
     )
-    return dataset
+    return describe(dataset)  # order and attributes: ncanalysis/variables.py
 
 
 def analyze_epochs(
@@ -582,22 +541,24 @@ def analyze_epochs(
     pinv_rtol: float | None = None,
     gemm_dtype: GemmDtype | None = None,
     ncc: bool | None = None,
-    progress: bool | None = None,
+    progress: Any = None,
 ) -> xr.Dataset:
     """Analyse a sequence of epochs, one ``dask.compute`` each, into one Dataset.
 
-    This is the common path of :func:`analyze` and :func:`analyze_arrays`.
+    This is the common path of :func:`analyze` and :func:`analyze_arrays`;
+    ``progress`` as in :func:`ncanalysis.progress.epoch_progress`.
     """
     chosen = resolve_options(options, global_mean=global_mean, pinv_rtol=pinv_rtol,
                              gemm_dtype=gemm_dtype, ncc=ncc, progress=progress)
     results: dict[int, dict] = {}
-    for item in items:
-        graph = epoch_graph(item, options=chosen)
-        if chosen.progress:
-            print(f"ncanalysis: {item.context()}: {', '.join(item.splits)}", file=sys.stderr)
-        if item.epoch in results:
-            raise InputError(f"{item.context()}: epoch given twice")
-        results[item.epoch] = _compute(graph, scheduler, chosen.progress, item.context())
+    with epoch_progress(chosen.progress, total=None) as reporter:  # closes only a bar it made
+        for item in items:
+            graph = epoch_graph(item, options=chosen)
+            logger.info("%s: analysing %s", item.context(), ", ".join(item.splits))
+            if item.epoch in results:
+                raise InputError(f"{item.context()}: epoch given twice")
+            results[item.epoch] = _compute(graph, scheduler, item.context())
+            reporter.epoch_done(item.context())
     return _to_dataset(
         results,
         num_classes=num_classes,
@@ -620,7 +581,7 @@ def analyze_arrays(
     gemm_dtype: GemmDtype | None = None,
     ncc: bool | None = None,
     rows_per_block: int | None = None,
-    progress: bool | None = None,
+    progress: Any = None,
     class_names: Sequence[str] | None = None,
 ) -> xr.Dataset:
     """Every Neural Collapse metric of one epoch, from arrays (no store needed).
@@ -650,6 +611,10 @@ def analyze_arrays(
         The fields of :class:`~ncanalysis.options.AnalysisOptions` one by one; a
         keyword given overrides that field of ``options``.  Defaults: "class",
         1e-10, "float32", True, automatic, False.
+    progress : bool, callable or tqdm-like, optional
+        ``True``: one bar on stderr for the call (epochs done, rate, time
+        left); ``callback(done, total)``; or an object with ``update(n)``
+        (a tqdm bar: updated, never closed).  See :mod:`ncanalysis.progress`.
     class_names : sequence of str, optional
 
     Returns
@@ -680,7 +645,7 @@ def analyze_arrays(
         num_features=weight.shape[-1] if weight.ndim else 0,
         class_names=class_names,
         scheduler=scheduler,
-        options=chosen,
+        options=dataclasses.replace(chosen, progress=epoch_progress(chosen.progress, total=1)),
     )
 
 
@@ -703,7 +668,7 @@ def analyze(
     gemm_dtype: GemmDtype | None = None,
     ncc: bool | None = None,
     rows_per_block: int | None = None,
-    progress: bool | None = None,
+    progress: Any = None,
 ) -> xr.Dataset:
     """Every Neural Collapse metric of every complete epoch and split of a store.
 
@@ -783,7 +748,7 @@ def _analyze_store(
         class_names=store.class_names,
         source=os.fspath(store.path),
         scheduler=scheduler,
-        options=options,
+        options=dataclasses.replace(options, progress=epoch_progress(options.progress, total=len(wanted))),
     )
     epoch_ids = [identities[e] for e in dataset["epoch"].values.tolist()]
-    return dataset.assign(epoch_identity=("epoch", np.asarray(epoch_ids, dtype=str)))
+    return describe(dataset.assign(epoch_identity=("epoch", np.asarray(epoch_ids, dtype=str))))

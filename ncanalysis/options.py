@@ -70,8 +70,10 @@ class AnalysisOptions:
     rows_per_block : int, optional
         Rows per dask block (default: about 1/32 of the split, 4 to 32 MiB of
         stored features); does not change the results beyond rounding.
-    progress : bool
-        Progress bar and one log line per epoch on stderr; does not change the results.
+    progress : bool, callable or tqdm-like
+        ``True``: one progress bar on stderr per call; ``callback(done, total)``; or an
+        object with ``update(n)`` (see :mod:`ncanalysis.progress`); does not change the
+        results.
 
     Raises
     ------
@@ -85,7 +87,7 @@ class AnalysisOptions:
     ncc: bool = True
     splits: tuple[str, ...] | None = None
     rows_per_block: int | None = None
-    progress: bool = False
+    progress: Any = False
 
     def __post_init__(self) -> None:
         if self.global_mean not in GLOBAL_MEAN_CHOICES:
@@ -103,9 +105,15 @@ class AnalysisOptions:
         object.__setattr__(self, "pinv_rtol", value)
         for name in ("ncc", "progress"):
             flag = getattr(self, name)
+            if name == "progress" and _is_reporter(flag):
+                continue  # a callback or a bar: ncanalysis.progress takes it as it is
             # bool or numpy's bool scalar; 0, 1 and "yes" are refused.
             if not (isinstance(flag, bool) or getattr(getattr(flag, "dtype", None), "kind", "")
                     == "b" and getattr(flag, "ndim", 1) == 0):
+                if name == "progress":
+                    raise InputError(
+                        "progress must be True, False, a callable callback(done, total) or an "
+                        f"object with update(n) (a tqdm bar), not {flag!r}")
                 raise InputError(f"{name} must be True or False, not {flag!r}")
             object.__setattr__(self, name, bool(flag))
         object.__setattr__(self, "splits", _split_names(self.splits))
@@ -176,6 +184,12 @@ class AnalysisOptions:
         return cls(global_mean=args.global_mean, pinv_rtol=args.pinv_rtol,
                    gemm_dtype=args.gemm_dtype, ncc=args.ncc, splits=args.splits,
                    rows_per_block=args.rows_per_block, progress=progress)
+
+
+def _is_reporter(value: Any) -> bool:
+    """A progress callback, a bar with ``update(n)`` or an already made reporter."""
+    return not isinstance(value, bool) and (
+        callable(value) or hasattr(value, "update") or hasattr(value, "epoch_done"))
 
 
 def resolve_options(options: AnalysisOptions | None, **keywords: Any) -> AnalysisOptions:

@@ -29,6 +29,7 @@ import re
 import shutil
 import time
 import uuid
+import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,7 @@ from .errors import InputError, NCAnalysisError, StoreFormatError
 from .metrics import COUNT_VARIABLES, INT_VARIABLES, SCALAR_METRICS, terminal_phase
 from .options import ALL_SPLITS, SETTINGS, AnalysisOptions, settings_of
 from .store.spec import RESULTS_GROUP, ROOT_ATTR, is_hdf5_path, split_order
+from .variables import describe
 
 __all__ = [
     "ALL_SPLITS",
@@ -118,7 +120,9 @@ def _normalise(ds: xr.Dataset) -> xr.Dataset:
     for name in ds.variables:
         ds[name].attrs = {}
         ds[name].encoding = {}
-    return ds
+    # The attributes from the table, not the file's: the same for every format
+    # (CSV keeps none) and for files written before they existed.
+    return describe(ds)
 
 
 def _for_writing(ds: xr.Dataset) -> xr.Dataset:
@@ -128,12 +132,13 @@ def _for_writing(ds: xr.Dataset) -> xr.Dataset:
     fixed-width ``<U`` strings (zarr warns that they may become unreadable);
     object arrays are written as the former.
     """
-    out = ds.copy()
+    out = describe(ds)  # a copy, in the documented order, with the variables' attributes
     for var in _STRING_VARIABLES:
         if var in out.coords:
-            out = out.assign_coords({var: (out[var].dims, out[var].values.astype(object))})
+            out = out.assign_coords({var: (out[var].dims, out[var].values.astype(object),
+                                           out[var].attrs)})
         elif var in out.data_vars:
-            out[var] = (out[var].dims, out[var].values.astype(object))
+            out[var] = (out[var].dims, out[var].values.astype(object), out[var].attrs)
     for name in out.variables:
         out[name].encoding = {}
     return out
@@ -240,7 +245,10 @@ def _json_values(values: np.ndarray) -> list:
 def _json_variable(variable: xr.Variable) -> dict:
     dtype = "str" if variable.dtype.kind in "UO" else str(variable.dtype)
     values = variable.values.astype(str) if dtype == "str" else variable.values
-    return {"dims": list(variable.dims), "dtype": dtype, "data": _json_values(values)}
+    entry = {"dims": list(variable.dims), "dtype": dtype, "data": _json_values(values)}
+    if variable.attrs:
+        entry["attrs"] = {key: _plain(value) for key, value in variable.attrs.items()}
+    return entry
 
 
 def to_json_dict(ds: xr.Dataset) -> dict:
@@ -252,6 +260,7 @@ def to_json_dict(ds: xr.Dataset) -> dict:
     ``"-Infinity"``, so the output is strict JSON; Python writes floats with the
     shortest repr that reads back to the same double, so numbers round-trip.
     """
+    ds = describe(ds)
     return {
         "format": _JSON_FORMAT,
         "format_version": _JSON_VERSION,
@@ -275,7 +284,7 @@ def from_json_dict(data: dict, *, where: str = "JSON") -> xr.Dataset:
     def variable(entry: dict) -> tuple:
         dtype = str if entry["dtype"] == "str" else np.dtype(entry["dtype"])
         values = np.array(entry["data"], dtype=dtype)
-        return (tuple(entry["dims"]), values)
+        return (tuple(entry["dims"]), values, dict(entry.get("attrs", {})))
 
     try:
         coords = {name: variable(entry) for name, entry in data["coords"].items()}
@@ -712,9 +721,16 @@ def _save_hdf5_group(ds: xr.Dataset, path: Path, lock_timeout: float) -> None:
 
 
 def _write_zarr(ds: xr.Dataset, path: Path) -> None:
-    # Unconsolidated: the results are small, and the store's own (root)
-    # consolidated metadata must not be asked to describe them.
-    _for_writing(ds).to_zarr(path, mode="w-", consolidated=False, zarr_format=3)
+    # Consolidated into the results group's own zarr.json (``path`` is that
+    # group, written as a root of its own), so that xarray.open_zarr and
+    # zarr.open_consolidated read every variable's metadata from one file.  The
+    # store's root is not consolidated (the store reader lists it directly).
+    with warnings.catch_warnings():
+        # zarr 3.1 warns that consolidated metadata is not yet part of the Zarr v3
+        # specification; zarr-python and xarray read and write it all the same.
+        warnings.filterwarnings("ignore", message="Consolidated metadata",
+                                category=UserWarning)
+        _for_writing(ds).to_zarr(path, mode="w-", consolidated=True, zarr_format=3)
 
 
 def _readable(path: Path) -> Path:
@@ -977,4 +993,4 @@ def merge_results(old: xr.Dataset, new: xr.Dataset) -> xr.Dataset:
     merged.attrs = dict(new.attrs)
     merged.attrs.update(terminal_phase(merged["epoch"].values, merged["split"].values.tolist(),
                                        merged["accuracy"].values))
-    return merged
+    return describe(merged)

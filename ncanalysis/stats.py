@@ -65,7 +65,7 @@ class ClassSums:
     counts: np.ndarray  # (C,) int64
     sums: np.ndarray  # (C, d) float64
 
-    def __add__(self, other: "ClassSums") -> "ClassSums":
+    def __add__(self, other: ClassSums) -> ClassSums:
         return ClassSums(self.counts + other.counts, self.sums + other.sums)
 
 
@@ -414,7 +414,7 @@ class ScatterSums:
     loss: np.ndarray  # (C,) sum of cross-entropy
     ncc_mismatch: np.ndarray  # (C,) int64, argmax of logits != nearest train centre
 
-    def __add__(self, other: "ScatterSums") -> "ScatterSums":
+    def __add__(self, other: ScatterSums) -> ScatterSums:
         return ScatterSums(
             self.nc1 + other.nc1,
             self.sqnorm + other.sqnorm,

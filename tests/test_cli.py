@@ -74,7 +74,7 @@ def test_run_then_resume(store_copy):
     assert lines[0].split()[:4] == ["epoch", "split", "n", "acc"]
     assert len(lines) == 1 + 3 * 2 + 1  # header, (epoch, split) rows, TPT line
     assert "terminal phase" in lines[-1]
-    assert "analysing epoch(s) 0-2" in done.stderr and "Completed" in done.stderr
+    assert "analysing epoch(s) 0-2" in done.stderr and "3/3" in done.stderr
     first = results.load_results(store_copy)
     assert_same_numbers(first, reference(store_copy), rtol=1e-12)
     assert f"{first['nc1'].sel(epoch=2, split='test').item():.3e}" in lines[-2]
@@ -97,7 +97,7 @@ def test_run_then_resume(store_copy):
     # Nothing new: nothing is analysed, and --json prints the stored results.
     done = run_cli("run", store_copy, "--json")
     ok(done)
-    assert "0 epoch(s) to analyse" in done.stderr and "Completed" not in done.stderr
+    assert "0 epoch(s) to analyse" in done.stderr and "epoch/s" not in done.stderr
     printed = results.from_json_dict(json.loads(done.stdout))
     xr.testing.assert_identical(printed, after)
 

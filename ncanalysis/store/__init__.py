@@ -5,8 +5,8 @@ Read with `open_store`, check with `validate_store`, write with `create_store` /
 """
 
 from ._chunks import ChunkError
-from ._rawzarr import DIRECT_READS_ENV
 from ._hdf5 import HDF5Proxy
+from ._rawzarr import DIRECT_READS_ENV
 from .reader import RowSource, Store, open_store
 from .spec import (
     BIAS,

@@ -195,6 +195,10 @@ class Store:
         source = self._backend.row_source(f"{split_node(epoch, split)}/{FEATURES}")
         return RowSource(source, int(info.chunks[0]))
 
+    def feature_dtype(self, epoch: int, split: str) -> np.dtype:
+        """The stored dtype of one split's features, read without dask or the data."""
+        return np.dtype(self._features_info(epoch, split).dtype)
+
     def features(
         self, epoch: int, split: str, *, rows_per_block: int | None = None
     ) -> da.Array:

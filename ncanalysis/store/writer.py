@@ -25,9 +25,9 @@ from ._backend import Backend, create_backend, open_backend
 from .spec import (
     BIAS,
     COMPLETE_ATTR,
-    EPOCH_IDENTITY_ATTR,
-    DIMENSIONS,
     DEFAULT_CHECKSUMS,
+    DIMENSIONS,
+    EPOCH_IDENTITY_ATTR,
     FEATURE_DTYPES,
     FEATURES,
     FORMAT_NAME,
@@ -39,10 +39,10 @@ from .spec import (
     WEIGHT,
     check_meta,
     check_split_name,
-    is_count,
-    is_index,
     default_chunk_rows,
     epoch_node,
+    is_count,
+    is_index,
     split_node,
 )
 
@@ -548,7 +548,7 @@ def _provenance(provenance: Mapping[str, Any] | None) -> dict[str, Any]:
         "zarr": zarr.__version__,
         "h5py": h5py.__version__,
     }
-    record["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    record["created"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     try:
         json.dumps(record)
     except TypeError as err:
