@@ -65,7 +65,8 @@ class TorchCommunicator:
 
     def __init__(self, group: dist.ProcessGroup | None = None) -> None:
         if not (dist.is_available() and dist.is_initialized()):
-            raise RuntimeError("torch.distributed is not initialized (call init_process_group first)")
+            raise RuntimeError(
+                "torch.distributed is not initialized (call init_process_group first)")
         self.group = group
         self.rank = dist.get_rank(group)
         self.world_size = dist.get_world_size(group)
@@ -114,7 +115,8 @@ class CallbackCommunicator:
         reduce_max: Callable[[int], int] | None = None,
     ) -> None:
         if not 0 <= rank < world_size:
-            raise ValueError(f"rank must be in 0..world_size-1, got rank={rank}, world_size={world_size}")
+            raise ValueError(
+                f"rank must be in 0..world_size-1, got rank={rank}, world_size={world_size}")
         self.rank = int(rank)
         self.world_size = int(world_size)
         self._barrier = barrier
@@ -156,7 +158,8 @@ def resolve_communicator(
     """
     if communicator is not None:
         if any(v is not None for v in (rank, world_size, barrier, reduce_max)):
-            raise ValueError("pass either communicator or rank/world_size/barrier/reduce_max, not both")
+            raise ValueError(
+                "pass either communicator or rank/world_size/barrier/reduce_max, not both")
         return communicator
     if barrier is not None:
         if rank is None or world_size is None:

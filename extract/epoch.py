@@ -110,7 +110,7 @@ class EpochRecording:
         except Exception as exc:
             # The others are already past the barrier: meet them at the next two.
             self._end(FAILED, exc)
-            raise AssertionError("unreachable: _end raises on failure")  # pragma: no cover
+            raise AssertionError("unreachable: _end raises on failure") from exc  # pragma: no cover
         self._active = True
 
     def _end(self, status: int, error: BaseException | None) -> str:
@@ -313,7 +313,8 @@ class EpochRecording:
         if count == 0:
             return
         features, labels, index = (np.concatenate(part) for part in zip(*rows.pending))
-        self._writer.write_rows(split, rows.written, features[:count], labels[:count], index[:count])
+        self._writer.write_rows(
+            split, rows.written, features[:count], labels[:count], index[:count])
         rows.written += count
         self.bytes_written += features[:count].nbytes
         rows.pending = ([] if count == len(labels)

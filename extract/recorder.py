@@ -151,7 +151,8 @@ class FeatureRecorder:
         checksums: bool | None = None,
     ) -> None:
         if feature_dtype not in TORCH_DTYPES:
-            raise ValueError(f"feature_dtype must be one of {tuple(TORCH_DTYPES)}, got {feature_dtype!r}")
+            raise ValueError(
+                f"feature_dtype must be one of {tuple(TORCH_DTYPES)}, got {feature_dtype!r}")
         if on_overflow not in ("error", "float32"):
             raise ValueError(f"on_overflow must be 'error' or 'float32', got {on_overflow!r}")
         if mode not in ("create", "overwrite", "append"):
@@ -169,7 +170,8 @@ class FeatureRecorder:
                 f"here), but {self.world_size} processes are recording; use a Zarr store "
                 "(a directory path)"
             )
-        if on_overflow == "float32" and self.world_size > 1 and not getattr(self._comm, "agrees", True):
+        agrees = getattr(self._comm, "agrees", True)
+        if on_overflow == "float32" and self.world_size > 1 and not agrees:
             raise ValueError(
                 "on_overflow='float32' with several processes needs them to agree on "
                 "restarting an epoch: pass reduce_max= with barrier=, or use torch.distributed"
@@ -437,7 +439,8 @@ class FeatureRecorder:
             except TypeError:
                 n = None
         if n is None:
-            raise ValueError(f"{where}: the number of rows is unknown; pass num_samples={{{split!r}: N}}")
+            raise ValueError(
+                f"{where}: the number of rows is unknown; pass num_samples={{{split!r}: N}}")
         if self.on_overflow == "float32" and iter(source) is source:
             raise ValueError(
                 f"{where}: a one-shot iterator cannot be read twice, which "

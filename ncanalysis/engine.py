@@ -139,7 +139,8 @@ def _check_epoch(item: EpochInput, ncc: bool) -> None:
     if ncc and "train" not in item.splits:
         raise InputError(
             f"{where}: ncc_mismatch (NC4) uses the class means of the 'train' split, but this "
-            f"epoch has only {sorted(item.splits)}; pass ncc=False (command line: --no-ncc) to skip NC4"
+            f"epoch has only {sorted(item.splits)}; pass ncc=False (command line: --no-ncc) "
+            "to skip NC4"
         )
 
 
@@ -645,7 +646,8 @@ def analyze_arrays(
         num_features=weight.shape[-1] if weight.ndim else 0,
         class_names=class_names,
         scheduler=scheduler,
-        options=dataclasses.replace(chosen, progress=epoch_progress(chosen.progress, total=1)),
+        options=dataclasses.replace(
+            chosen, progress=epoch_progress(chosen.progress, total=1)),
     )
 
 
@@ -748,7 +750,8 @@ def _analyze_store(
         class_names=store.class_names,
         source=os.fspath(store.path),
         scheduler=scheduler,
-        options=dataclasses.replace(options, progress=epoch_progress(options.progress, total=len(wanted))),
+        options=dataclasses.replace(
+            options, progress=epoch_progress(options.progress, total=len(wanted))),
     )
     epoch_ids = [identities[e] for e in dataset["epoch"].values.tolist()]
     return describe(dataset.assign(epoch_identity=("epoch", np.asarray(epoch_ids, dtype=str))))

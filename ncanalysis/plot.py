@@ -130,9 +130,10 @@ def tpt_dips(ds: xr.Dataset) -> np.ndarray:
 def _log_with_zero(ax: Axes, values: np.ndarray) -> None:
     """A symlog y axis whose log part starts at the decade of the smallest value > 0.
 
-    A plain log axis when no value is exactly 0.  Exact zeros (no training error, no NCC mismatch) stay on the plot at the
-    bottom of the axis, on a tick labelled 0, instead of vanishing as they
-    would on a log axis.  Every positive value lies in the logarithmic part.
+    A plain log axis when no value is exactly 0.  Exact zeros (no training
+    error, no NCC mismatch) stay on the plot at the bottom of the axis, on a
+    tick labelled 0, instead of vanishing as they would on a log axis.  Every
+    positive value lies in the logarithmic part.
     """
     values = np.asarray(values, dtype=np.float64)
     positive = values[np.isfinite(values) & (values > 0)]

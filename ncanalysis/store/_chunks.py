@@ -24,7 +24,8 @@ _NODE = re.compile(r"epochs/(\d+)(?:/([^/]+))?/([^/]+)")
 
 
 class ChunkError(StoreFormatError):
-    """A chunk of a complete epoch is missing, truncated, of the wrong size or fails its checksum."""
+    """A chunk of a complete epoch is missing, truncated, of the wrong size or fails its
+    checksum."""
 
 
 def crc32c_trailer_ok(payload: memoryview | bytes, trailer: bytes) -> bool:

@@ -153,9 +153,7 @@ class HDF5Backend:
     def read(self, node: str) -> np.ndarray:
         """Read a whole array of a complete epoch: every chunk must be there and intact."""
         info = self.info(node)
-        return HDF5Proxy(str(self.path), node, info.shape, info.dtype, describe_node(self.path, node))[
-            ...
-        ]
+        return self._proxy(node, info)[...]
 
     def chunks_written(self, node: str) -> tuple[int, int]:
         with self._file() as file:
@@ -176,7 +174,7 @@ class HDF5Backend:
         if written and not checksummed:
             return None  # nothing more to check without reading every value for nothing
         info = self.info(node)
-        proxy = HDF5Proxy(str(self.path), node, info.shape, info.dtype, describe_node(self.path, node))
+        proxy = self._proxy(node, info)
         unit = info.chunks[0]
         try:
             for start in range(0, info.shape[0], unit):
@@ -187,8 +185,14 @@ class HDF5Backend:
         return None
 
     def row_source(self, node: str) -> HDF5Proxy:
-        info = self.info(node)
-        return HDF5Proxy(str(self.path), node, info.shape, info.dtype, describe_node(self.path, node))
+        return self._proxy(node, self.info(node))
+
+    def _proxy(self, node: str, info: ArrayInfo | None) -> HDF5Proxy:
+        """A picklable reader of one array that names it in its errors."""
+        if info is None:
+            raise StoreFormatError(f"{describe_node(self.path, node)}: the array is missing")
+        return HDF5Proxy(str(self.path), node, info.shape, info.dtype,
+                         describe_node(self.path, node))
 
     def close(self) -> None:
         """Nothing to release: no call leaves the file open."""
@@ -284,7 +288,10 @@ class HDF5Proxy:
         return f"rows {start}..{stop - 1}"
 
     def _check_allocated(self, dataset: h5py.Dataset, start: int, stop: int | None) -> None:
-        """Raise ChunkError on an unwritten chunk among rows ``start:stop`` (one query per chunk)."""
+        """Raise ChunkError on an unwritten chunk among rows ``start:stop``.
+
+        One query per chunk.
+        """
         chunks = dataset.chunks
         if chunks is None or not self.shape:
             return

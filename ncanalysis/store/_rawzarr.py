@@ -51,7 +51,8 @@ def direct_reads_enabled() -> bool:
     value = os.environ.get(DIRECT_READS_ENV, "").strip().lower()
     if value not in _ON + _OFF:
         raise InputError(
-            f"{DIRECT_READS_ENV}={os.environ[DIRECT_READS_ENV]!r}: expected 1/0 (true/false, on/off)"
+            f"{DIRECT_READS_ENV}={os.environ[DIRECT_READS_ENV]!r}: "
+            "expected 1/0 (true/false, on/off)"
         )
     return value in _ON
 
@@ -121,10 +122,11 @@ class RawRowChunks:
                 found = read_chunk_bytes(path, offset, target, self.checksum, self.where)
             if not found:
                 if self.where:
+                    last_row = min(self.shape[0], (index + 1) * self.chunk_rows) - 1
                     raise ChunkError(
                         f"{self.where}: chunk file {path} is missing (rows "
-                        f"{index * self.chunk_rows}..{min(self.shape[0], (index + 1) * self.chunk_rows) - 1}"
-                        " of a complete epoch: deleted or lost)"
+                        f"{index * self.chunk_rows}..{last_row} of a complete epoch: deleted or "
+                        "lost)"
                     )
                 out[first - start : last - start] = self.fill_value  # chunk never written
         return out if columns == slice(None) else out[:, columns]

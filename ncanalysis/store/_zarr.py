@@ -25,7 +25,8 @@ from .spec import EPOCHS_GROUP, ROOT_ATTR, ArrayInfo
 __all__ = ["ZarrBackend", "ZarrRows"]
 
 # What zarr raises on a zarr.json that is not JSON, or JSON that is not metadata.
-_METADATA_ERRORS = (json.JSONDecodeError, zarr.errors.BaseZarrError, ValueError, TypeError, KeyError)
+_METADATA_ERRORS = (
+    json.JSONDecodeError, zarr.errors.BaseZarrError, ValueError, TypeError, KeyError)
 
 # Chunks equal to the fill value are written anyway, so that "every chunk exists" tells
 # that every row was written (a chunk of class-0 labels or dead ReLU features is all 0).

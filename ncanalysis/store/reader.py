@@ -223,7 +223,8 @@ class Store:
             raise InputError(f"rows_per_block must be a positive integer, got {rows_per_block!r}")
         rows = self.feature_rows(epoch, split)
         unit = rows.chunk_rows
-        step = unit if rows_per_block is None else unit * max(1, (rows_per_block + unit // 2) // unit)
+        step = (unit if rows_per_block is None
+                else unit * max(1, (rows_per_block + unit // 2) // unit))
         return da.from_array(
             rows.array,
             chunks=(step, self.num_features),
