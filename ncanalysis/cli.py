@@ -437,7 +437,13 @@ def _run_store(args: argparse.Namespace) -> tuple[Any, dict[int, BaseException]]
     Returns the results now at the destination (None when none could be made)
     and the epochs skipped by --keep-going with their errors.
     """
-    from .results import fold_results, journal_results, load_results, plan_resume, run_settings
+    from .results import (
+        fold_results,
+        journal_results,
+        load_results,
+        plan_resume,
+        run_settings,
+    )
     from .store import open_store
 
     settings = run_settings(global_mean=args.global_mean, pinv_rtol=args.pinv_rtol,
@@ -500,7 +506,7 @@ def _run_store(args: argparse.Namespace) -> tuple[Any, dict[int, BaseException]]
                 # Stopped (bad epoch, Ctrl-C): the finished epochs still go into the results.
                 try:
                     fold_results(target, in_store=in_store)
-                except Exception as fold_err:
+                except (NCAnalysisError, OSError) as fold_err:
                     err.add_note(f"the results of epoch(s) {_epoch_ranges(saved)} stay in the "
                                  f"journal of {where}, folded by the next run "
                                  f"({_one_line(fold_err)})")
