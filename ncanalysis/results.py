@@ -742,7 +742,7 @@ def journal_results(
     for _ in range(3):
         if not journal.is_dir():
             journal.mkdir(exist_ok=True)
-            _sync(journal.parent)
+            _sync_entries(journal.parent)
         tmp = journal / f".{name}.tmp"
         try:
             with open(tmp, "x", encoding="utf-8") as handle:
@@ -753,10 +753,19 @@ def journal_results(
             continue  # a fold removed the (empty) journal directory just now: make it again
         # The directory holds ``tmp``: no fold can remove it before this rename.
         os.replace(tmp, journal / name)
-        _sync(journal)
+        _sync_entries(journal)
         return journal / name
     raise NCAnalysisError(f"{journal}: the journal directory kept vanishing while writing "
                           f"an entry for {path}")
+
+
+def _sync_entries(directory: Path) -> None:
+    """Flush a directory's own entries (not the files under it: :func:`_sync` does those)."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _journal_entries(journal: Path) -> list[Path]:
