@@ -85,7 +85,7 @@ def _saves(args: argparse.Namespace) -> None:
             tmp = Path(name)
             one = _one_epoch_results(classes, tmp)
             for kind in ("zarr store", "hdf5 store", "--output .nc"):
-                for method in ("rewrite", "journal"):
+                for method in args.methods:
                     path, in_store = _destination(kind, tmp, f"{method}-{kind[:4]}")
                     size0 = path.stat().st_size if path.is_file() else 0
                     times = []
@@ -158,6 +158,8 @@ def main() -> None:
     saves = sub.add_parser("saves", help="time each per-epoch save (rewrite vs journal)")
     saves.add_argument("--epochs", type=int, default=50)
     saves.add_argument("--classes", type=int, nargs="+", default=[10, 1000])
+    saves.add_argument("--methods", nargs="+", default=["rewrite", "journal"],
+                       choices=["rewrite", "journal"])
     run = sub.add_parser("run", help="wall time of `ncanalysis run`, old commit vs this tree")
     run.add_argument("--epochs", type=int, default=100)
     run.add_argument("--old", default="f7c0e7e", help="git commit of the old code")

@@ -802,14 +802,50 @@ def _read_journal(journal: Path) -> list[tuple[bool, xr.Dataset]]:
 
 def _replay(base: xr.Dataset | None, steps: Iterable[tuple[bool, xr.Dataset]],
             in_store: bool) -> xr.Dataset | None:
-    """``base`` after each step as :func:`update_results` would have made it."""
+    """``base`` after each step as :func:`update_results` would have made it.
+
+    Consecutive steps that merge (same model, source and settings, same variables)
+    are first combined into one Dataset with a single concatenation: merging a
+    hundred one-epoch entries one by one costs seconds.
+    """
     merged = base
+    group: list[xr.Dataset] = []
     for replace, new in steps:
+        if group and not replace and _compatible(group[-1], new, in_store) \
+                and set(new.variables) == set(group[-1].variables):
+            group.append(new)
+            continue
+        if group:
+            merged = _merge_group(merged, group)
         if replace or merged is None or not _compatible(merged, new, in_store):
-            merged = new
+            merged, group = None, [new]
         else:
-            merged = merge_results(merged, new)
+            group = [new]
+    if group:
+        merged = _merge_group(merged, group)
     return merged
+
+
+def _merge_group(base: xr.Dataset | None, group: list[xr.Dataset]) -> xr.Dataset:
+    """``base`` (None: nothing) with the Datasets of ``group`` merged in, later ones winning.
+
+    The Datasets of ``group`` have the same variables and attributes that make them
+    compatible (see :func:`_replay`): their union is one concatenation.
+    """
+    if len(group) == 1:
+        combined = group[0]
+    else:
+        latest = {epoch: i for i, ds in enumerate(group) for epoch in ds["epoch"].values.tolist()}
+        parts = [ds.sel(epoch=[e for e in ds["epoch"].values.tolist() if latest[e] == i])
+                 for i, ds in enumerate(group)]
+        parts = [part for part in parts if part.sizes["epoch"]]
+        splits = _ordered_splits(s for part in parts for s in part["split"].values.tolist())
+        combined = xr.concat([_with_splits(part, splits) for part in parts], dim="epoch",
+                             data_vars="all", coords="minimal", compat="override",
+                             join="exact", combine_attrs="drop").sortby("epoch")
+        combined.attrs = dict(group[-1].attrs)
+        combined.attrs["tpt_start_epoch"] = tpt_start_epoch(combined)
+    return combined if base is None else merge_results(base, combined)
 
 
 def _drop_entries(journal: Path, entries: Sequence[Path]) -> None:

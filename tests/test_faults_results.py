@@ -494,3 +494,26 @@ def test_overwrite_run_killed_then_resumed(tmp_path):
     assert now.attrs["source"] == str(store.absolute())
     assert cli.main(["run", str(store), "-q", "--output", str(out)]) == 0
     assert results.load_results(out)["epoch"].values.tolist() == [0, 1, 2]
+
+
+def test_a_fold_gives_what_saving_each_epoch_at_once_gave(analysed):
+    # The fold concatenates compatible entries at once; the reference merges them one by
+    # one, as update_results did after each epoch.
+    ds = results.load_results(analysed)
+    e0, e1 = ds.isel(epoch=[0]), ds.isel(epoch=[1])
+    e0b = e0.copy(deep=True)
+    e0b["nc1"][:] = 7.0
+    train_only = e1.sel(split=["train"]).copy(deep=True)
+    train_only["accuracy"][:] = 0.5
+    e2 = e1.assign_coords(epoch=[2])
+    steps = [e0, e1, e0b, train_only, e2]
+    expected = steps[0]
+    for new in steps[1:]:
+        expected = results.merge_results(expected, new)
+    got = results._replay(None, [(False, s) for s in steps], in_store=False)
+    xr.testing.assert_identical(got, expected)
+    assert got["nc1"].sel(epoch=0).values.tolist() == [7.0, 7.0]
+    assert got["n_samples"].sel(epoch=1, split="test").item() == -1
+    based = results._replay(ds, [(False, s) for s in steps[2:]], in_store=False)
+    xr.testing.assert_identical(based, results.merge_results(
+        results.merge_results(results.merge_results(ds, e0b), train_only), e2))
