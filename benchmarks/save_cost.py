@@ -134,14 +134,17 @@ def _run(args: argparse.Namespace) -> None:
                         shutil.copytree(seed, work)
                     else:
                         shutil.copy(seed, work)
+                    # Run from tmp: Python puts the working directory (the repository
+                    # root here) ahead of PYTHONPATH.
                     env = dict(os.environ, PYTHONPATH=str(tree))
                     check = subprocess.run([sys.executable, "-c",
                                             "import ncanalysis; print(ncanalysis.__file__)"],
-                                           env=env, capture_output=True, text=True, check=True)
+                                           env=env, cwd=tmp, capture_output=True, text=True,
+                                           check=True)
                     assert check.stdout.startswith(str(tree)), check.stdout
                     start = time.perf_counter()
                     subprocess.run([sys.executable, "-c", RUN, "run", str(work), "-q"],
-                                   env=env, check=True, capture_output=True)
+                                   env=env, cwd=tmp, check=True, capture_output=True)
                     walls[code].append(time.perf_counter() - start)
                     shutil.rmtree(work) if work.is_dir() else work.unlink()
                     for leftover in tmp.glob(f".work{suffix}*"):
