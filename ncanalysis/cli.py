@@ -391,12 +391,22 @@ _EPOCH_ERRORS = (NCAnalysisError, OSError)
 
 
 def _run_store(args: argparse.Namespace) -> tuple[Any, dict[int, BaseException]]:
-    """Analyse the store epoch by epoch, saving the results after each one.
+    """Analyse the store epoch by epoch, journalling the results of each one.
+
+    Each epoch's results are made durable in the destination's journal as soon
+    as it is analysed (cheap: one small file), and the journal is folded into
+    the results with one write when the run ends, stopped or not; a killed
+    run's journal is folded by the next run (see docs/cli.md, Safety of results).
 
     Returns the results now at the destination (None when none could be made)
     and the epochs skipped by --keep-going with their errors.
     """
-    from .results import plan_resume, update_results
+    from .results import (
+        fold_results,
+        journal_results,
+        load_results,
+        plan_resume,
+    )
     from .store import open_store
 
     settings = AnalysisOptions.from_args(args).settings()
@@ -414,12 +424,15 @@ def _run_store(args: argparse.Namespace) -> tuple[Any, dict[int, BaseException]]
             "--labels and --weight)"
         ) from err
     target = args.output if args.output is not None else source
+    in_store = args.output is None
     where = f"{target}" + ("" if args.output else " (group 'results')")
     failed: dict[int, BaseException] = {}
     with store:
         complete = store.epochs()
         wanted = complete if args.epochs is None else args.epochs
         store.check_epochs(wanted)  # all of them, before any work
+        # What a killed run journalled counts as done: fold it in first.
+        fold_results(target, in_store=in_store)
         existing = _existing_results(args, source)
         identities = {e: store.epoch_identity(e) for e in wanted}
         plan = plan_resume(existing, wanted, settings, identities)
@@ -431,30 +444,44 @@ def _run_store(args: argparse.Namespace) -> tuple[Any, dict[int, BaseException]]
         from .progress import run_progress
 
         merged, saved = plan.keep, list[int]()
-        # ONE bar for the whole run (ncanalysis/progress.py): analyze updates it per epoch.
-        with _scheduler(args) as scheduler, run_progress(len(plan.todo), not args.quiet) as bar:
-            for epoch in plan.todo:
+        try:
+            # ONE bar for the whole run (ncanalysis/progress.py): analyze updates it per epoch.
+            with _scheduler(args) as scheduler, \
+                    run_progress(len(plan.todo), not args.quiet) as bar:
+                for epoch in plan.todo:
+                    try:
+                        new = analyze(store, epochs=[epoch], splits=args.splits,
+                                      scheduler=scheduler,
+                                      **{**_analysis_options(args), "progress": bar})
+                    except _EPOCH_ERRORS as err:
+                        if not args.keep_going:
+                            if saved:
+                                _log(args, f"stopped at epoch {epoch}; epoch(s) "
+                                     f"{_epoch_ranges(saved)} analysed and saved to {where}")
+                            raise
+                        _log(args, f"epoch {epoch} skipped (--keep-going): {_one_line(err)}")
+                        failed[epoch] = err
+                        continue
+                    # The attributes that make later runs resumable.
+                    new.attrs.update(source=source, splits_selected=settings["splits_selected"])
+                    journal_results(new, target, in_store=in_store,
+                                    replace=args.overwrite and not saved)
+                    saved.append(epoch)
+        except BaseException as err:
+            if saved:
+                # Stopped (bad epoch, Ctrl-C): the finished epochs still go into the results.
                 try:
-                    new = analyze(store, epochs=[epoch], splits=args.splits,
-                                  scheduler=scheduler, **{**_analysis_options(args),
-                                                          "progress": bar})
-                except _EPOCH_ERRORS as err:
-                    if not args.keep_going:
-                        if saved:
-                            _log(args, f"stopped at epoch {epoch}; epoch(s) "
-                                 f"{_epoch_ranges(saved)} analysed and saved to {where}")
-                        raise
-                    _log(args, f"epoch {epoch} skipped (--keep-going): {_one_line(err)}")
-                    failed[epoch] = err
-                    continue
-                # The attributes that make later runs resumable.
-                new.attrs.update(source=source, splits_selected=settings["splits_selected"])
-                # Merged under the results lock with what is there now: another
-                # run may have added epochs since this one started.
-                merged = update_results(new, target, in_store=args.output is None,
-                                        replace=args.overwrite and not saved)
-                saved.append(epoch)
+                    fold_results(target, in_store=in_store)
+                except (NCAnalysisError, OSError) as fold_err:
+                    err.add_note(f"the results of epoch(s) {_epoch_ranges(saved)} stay in the "
+                                 f"journal of {where}, folded by the next run "
+                                 f"({_one_line(fold_err)})")
+            raise
     if saved:
+        # Merged under the results lock with what is there now: another run may
+        # have added epochs since this one started (or folded this one's journal).
+        folded = fold_results(target, in_store=in_store)
+        merged = folded if folded is not None else load_results(target)
         _log(args, f"results of epoch(s) {_epoch_ranges(saved)} saved to {where}")
     return merged, failed
 

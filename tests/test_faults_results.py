@@ -8,7 +8,9 @@
 - a run killed part-way keeps the epochs it finished; a bad epoch keeps the others;
 - an HDF5 store held open by another process (training) is waited for;
 - two runs at once keep each other's epochs;
-- an epoch rewritten in the store after its analysis is analysed again.
+- an epoch rewritten in the store after its analysis is analysed again;
+- epochs are journalled one small file each and folded into the results with one write
+  per run; kills while journalling and while folding lose and double-count nothing.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ BACKENDS = (".zarr", ".h5")
 KILLER = textwrap.dedent("""
     import os, shutil, signal, sys
     import h5py, xarray
-    import ncanalysis.engine
+    import ncanalysis.engine, ncanalysis.results
 
     k, count = int(sys.argv[1]), [0]
 
@@ -55,7 +57,9 @@ KILLER = textwrap.dedent("""
 
     for owner, name in [(os, "replace"), (shutil, "rmtree"), (h5py.Group, "move"),
                         (h5py.Group, "__delitem__"), (xarray.Dataset, "to_zarr"),
-                        (xarray.Dataset, "to_netcdf"), (ncanalysis.engine, "_compute")]:
+                        (xarray.Dataset, "to_netcdf"), (ncanalysis.engine, "_compute"),
+                        (os, "fsync"), (ncanalysis.results, "_save_unlocked"),
+                        (ncanalysis.results.Path, "unlink")]:
         if sys.argv[2] == "all" or name == sys.argv[2]:
             after(owner, name)
     from ncanalysis.cli import main
@@ -355,3 +359,161 @@ def test_store_without_identity(tmp_path):
         assert opened.epoch_identity(0) is None
     assert cli.main(["run", str(store), "-q"]) == 0
     assert results.load_results(store)["epoch_identity"].values.tolist() == [""]
+
+
+# --------------------------------------------------------------------------- journal
+
+
+def _journal(store: Path) -> Path:
+    return results.results_journal_path(store, in_store=True)
+
+
+def test_a_run_rewrites_the_results_once(tmp_path, monkeypatch):
+    # Before the journal every epoch rewrote the whole results (5 writes here).
+    store = make_store(tmp_path / "s.zarr", range(5))
+    writes = []
+    original = results._save_unlocked
+    monkeypatch.setattr(results, "_save_unlocked",
+                        lambda ds, *a, **k: writes.append(ds.sizes["epoch"]) or original(ds, *a, **k))
+    assert cli.main(["run", str(store), "-q"]) == 0
+    assert writes == [5]
+    append_epoch(store, 5)
+    append_epoch(store, 6)
+    out = tmp_path / "out.nc"
+    assert cli.main(["run", str(store), "-q"]) == 0
+    assert cli.main(["run", str(store), "-q", "--output", str(out)]) == 0
+    assert writes == [5, 7, 7]
+    assert results.load_results(store)["epoch"].values.tolist() == list(range(7))
+    assert not _journal(store).exists() and not results.results_journal_path(out).exists()
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 5])
+def test_kill_while_journalling_an_epoch(tmp_path, k):
+    # fsync 1: the new journal directory's parent; 2: the first entry's temporary (not
+    # renamed yet); 3: the journal directory after the rename; 5: the second entry's.
+    store = make_store(tmp_path / "s.zarr", range(3))
+    done = run_killed(k, "fsync", "run", store, "-q")
+    assert done.returncode == -9, done.stderr
+    journal = _journal(store)
+    entries = sorted(p.name for p in journal.iterdir()) if journal.exists() else []
+    expected = {1: 0, 2: 0, 3: 1, 5: 2}[k]
+    assert len([e for e in entries if e.endswith(".json")]) == expected, entries
+    if expected:
+        assert results.load_results(store)["epoch"].values.tolist() == list(range(expected))
+    else:
+        assert not results.has_store_results(store)
+    assert cli.main(["run", str(store), "-q"]) == 0
+    final = results.load_results(store)
+    assert final["epoch"].values.tolist() == [0, 1, 2]
+    fresh = make_store(tmp_path / "fresh.zarr", range(3))
+    assert cli.main(["run", str(fresh), "-q"]) == 0
+    # (Epoch identities differ between two stores: the numbers are compared.)
+    xr.testing.assert_equal(final[["nc1", "accuracy"]],
+                            results.load_results(fresh)[["nc1", "accuracy"]])
+    # Only the temporary of the killed write may be left (removed once stale).
+    left = sorted(p.name for p in journal.iterdir()) if journal.exists() else []
+    assert all(name.startswith(".") and name.endswith(".json.tmp") for name in left), left
+    assert not leftovers(store)
+
+
+@pytest.mark.parametrize("what", ["_save_unlocked", "unlink"])
+def test_kill_between_the_fold_write_and_the_journal_cleanup(tmp_path, what):
+    # _save_unlocked: the folded results are written, no entry removed yet;
+    # unlink: the oldest entry removed, the others not.
+    store = make_store(tmp_path / "s.h5", range(3))
+    done = run_killed(1, what, "run", store, "-q")
+    assert done.returncode == -9, done.stderr
+    left = [p for p in _journal(store).iterdir() if p.name.endswith(".json")]
+    assert len(left) == {"_save_unlocked": 3, "unlink": 2}[what]
+    with h5py.File(store, "r") as handle:
+        assert handle["results"]["epoch"][:].tolist() == [0, 1, 2]  # the fold's write
+    twice = results.load_results(store)  # the entries replayed onto what holds them
+    assert twice["epoch"].values.tolist() == [0, 1, 2]
+    assert cli.main(["run", str(store), "-q"]) == 0
+    final = results.load_results(store)
+    xr.testing.assert_identical(final, twice)
+    assert not _journal(store).exists()
+
+
+def test_the_later_journal_entry_for_an_epoch_wins(analysed, tmp_path):
+    ds = results.load_results(analysed)
+    out = tmp_path / "r.zarr"
+    results.save_results(ds, out)
+    first = ds.isel(epoch=[1])
+    second = first.copy(deep=True)
+    second["nc1"][:] = 42.0
+    results.journal_results(first, out)
+    results.journal_results(second, out)
+    journal = results.results_journal_path(out)
+    entries = sorted(journal.iterdir())
+    saved = {p: p.read_bytes() for p in entries}
+    assert results.load_results(out)["nc1"].sel(epoch=1).values.tolist() == [42.0, 42.0]
+    folded = results.fold_results(out)
+    assert folded["nc1"].sel(epoch=1).values.tolist() == [42.0, 42.0]
+    assert not journal.exists()
+    # A fold killed before its cleanup, or part-way (oldest entry removed first):
+    # replaying what is left onto the folded results changes nothing.
+    for kept in (entries, entries[1:]):
+        journal.mkdir()
+        for p in kept:
+            p.write_bytes(saved[p])
+        xr.testing.assert_identical(results.load_results(out), folded)
+        xr.testing.assert_identical(results.fold_results(out), folded)
+        assert not journal.exists()
+    # update_results folds the journal before its own epochs; save_results drops it.
+    results.journal_results(first, out)
+    assert results.update_results(ds.isel(epoch=[0]), out)["nc1"].sel(epoch=1).values.tolist() \
+        == first["nc1"].values[0].tolist()
+    results.journal_results(second, out)
+    results.save_results(ds.isel(epoch=[0]), out)
+    assert results.load_results(out)["epoch"].values.tolist() == [0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".r.zarr.lock", "r.zarr"]
+
+
+def test_a_replacing_entry_drops_what_came_before(analysed, tmp_path):
+    ds = results.load_results(analysed)
+    out = tmp_path / "r.json"
+    results.save_results(ds, out)
+    results.journal_results(ds.isel(epoch=[0]), out)
+    results.journal_results(ds.isel(epoch=[1]), out, replace=True)
+    assert results.load_results(out)["epoch"].values.tolist() == [1]
+    assert results.fold_results(out)["epoch"].values.tolist() == [1]
+    assert results.fold_results(out) is None  # nothing left to fold
+
+
+def test_overwrite_run_killed_then_resumed(tmp_path):
+    store = make_store(tmp_path / "s.zarr", range(3))
+    out = tmp_path / "out.nc"
+    other = make_store(tmp_path / "o.zarr", range(3), seed=5)
+    assert cli.main(["run", str(other), "-q", "--output", str(out)]) == 0
+    # Killed while computing epoch 1 of an --overwrite run: epoch 0 replaces the others.
+    done = run_killed(2, "_compute", "run", store, "-q", "--output", out, "--overwrite")
+    assert done.returncode == -9, done.stderr
+    now = results.load_results(out)
+    assert now["epoch"].values.tolist() == [0]
+    assert now.attrs["source"] == str(store.absolute())
+    assert cli.main(["run", str(store), "-q", "--output", str(out)]) == 0
+    assert results.load_results(out)["epoch"].values.tolist() == [0, 1, 2]
+
+
+def test_a_fold_gives_what_saving_each_epoch_at_once_gave(analysed):
+    # The fold concatenates compatible entries at once; the reference merges them one by
+    # one, as update_results did after each epoch.
+    ds = results.load_results(analysed)
+    e0, e1 = ds.isel(epoch=[0]), ds.isel(epoch=[1])
+    e0b = e0.copy(deep=True)
+    e0b["nc1"][:] = 7.0
+    train_only = e1.sel(split=["train"]).copy(deep=True)
+    train_only["accuracy"][:] = 0.5
+    e2 = e1.assign_coords(epoch=[2])
+    steps = [e0, e1, e0b, train_only, e2]
+    expected = steps[0]
+    for new in steps[1:]:
+        expected = results.merge_results(expected, new)
+    got = results._replay(None, [(False, s) for s in steps], in_store=False)
+    xr.testing.assert_identical(got, expected)
+    assert got["nc1"].sel(epoch=0).values.tolist() == [7.0, 7.0]
+    assert got["n_samples"].sel(epoch=1, split="test").item() == -1
+    based = results._replay(ds, [(False, s) for s in steps[2:]], in_store=False)
+    xr.testing.assert_identical(based, results.merge_results(
+        results.merge_results(results.merge_results(ds, e0b), train_only), e2))
