@@ -698,7 +698,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # A bug here or an error of a library below that no rule above knows: one
         # line with the exception's type and message, the traceback with --debug.
         kind = type(err)
-        name = kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__name__}"
+        name = (kind.__name__ if kind.__module__ == "builtins"
+                else f"{kind.__module__}.{kind.__name__}")
         return _fail(args, f"{prefix} unexpected {name}: {_one_line(err)} (run again with "
                      "--debug for the traceback, and please report it)", EXIT_RUNTIME)
 

@@ -844,7 +844,10 @@ def _merge_group(base: xr.Dataset | None, group: list[xr.Dataset]) -> xr.Dataset
                              data_vars="all", coords="minimal", compat="override",
                              join="exact", combine_attrs="drop").sortby("epoch")
         combined.attrs = dict(group[-1].attrs)
-        combined.attrs["tpt_start_epoch"] = tpt_start_epoch(combined)
+        combined.attrs.update(terminal_phase(combined["epoch"].values,
+                                             combined["split"].values.tolist(),
+                                             combined["accuracy"].values))
+        combined = describe(combined)
     return combined if base is None else merge_results(base, combined)
 
 
