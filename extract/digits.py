@@ -37,7 +37,7 @@ from torch.utils.data import BatchSampler, DataLoader, SequentialSampler, Tensor
 from ncanalysis.errors import NCAnalysisError
 from ncanalysis.metrics import tpt_stable_epoch
 
-from .recorder import FeatureRecorder
+from .recorder import FeatureRecorder, Mode
 
 __all__ = ["DigitsData", "DigitsMLP", "load_data", "build_model", "train_and_record", "main",
            "summary_text", "DEFAULT_EPOCHS", "TEST_SIZE"]
@@ -212,7 +212,7 @@ def _train_and_record(
     history: dict[str, list[float]] = {"train_accuracy": [], "test_accuracy": [], "train_loss": []}
     recorded: list[int] = []
     seconds_recording = 0.0
-    mode = "overwrite" if overwrite else "create"
+    mode: Mode = "overwrite" if overwrite else "create"
     with FeatureRecorder(store_path, model, layer="fc", feature_dtype=feature_dtype, mode=mode,
                          provenance={"example": "ncanalysis_extract.digits", "seed": seed}) as rec:
         for epoch in range(epochs + 1):

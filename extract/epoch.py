@@ -104,7 +104,7 @@ class EpochRecording:
             if rec.rank != 0:
                 self._writer = rec._writer.open_epoch(self.epoch)
             for split, n in self._counts.items():
-                unit = self._writer.write_unit_rows(split)
+                unit = self._epoch_writer().write_unit_rows(split)
                 start, stop = rank_row_range(n, rec.rank, rec.world_size, unit)
                 self._splits[split] = _SplitRows(n, start, stop, unit, start, start)
         except Exception as exc:
@@ -112,6 +112,14 @@ class EpochRecording:
             self._end(FAILED, exc)
             raise AssertionError("unreachable: _end raises on failure") from exc  # pragma: no cover
         self._active = True
+
+    def _epoch_writer(self) -> EpochWriter:
+        """The writer of this epoch, which exists once ``_begin`` has begun or opened it."""
+        if self._writer is None:
+            raise RuntimeError(
+                f"{self._where()}: the epoch has not been begun (record through "
+                "FeatureRecorder.epoch or record_epoch)")
+        return self._writer
 
     def _end(self, status: int, error: BaseException | None) -> str:
         """Agree on the outcome, finalize on rank 0; ``"retry"``, ``"done"`` or raise."""
@@ -122,9 +130,10 @@ class EpochRecording:
         final_error = None
         if agreed == OK and self._rec.rank == 0:
             try:
-                self._writer.write_classifier(*self._rec.classifier())
+                writer = self._epoch_writer()
+                writer.write_classifier(*self._rec.classifier())
                 # The epoch's last write: readers see it only from here on.
-                self._writer.finalize()
+                writer.finalize()
             except Exception as exc:  # re-raised below, after the agreement
                 final_error = exc
         final = self._comm.reduce_max(FAILED if final_error else OK)
@@ -313,7 +322,7 @@ class EpochRecording:
         if count == 0:
             return
         features, labels, index = (np.concatenate(part) for part in zip(*rows.pending))
-        self._writer.write_rows(
+        self._epoch_writer().write_rows(
             split, rows.written, features[:count], labels[:count], index[:count])
         rows.written += count
         self.bytes_written += features[:count].nbytes

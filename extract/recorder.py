@@ -373,7 +373,8 @@ class FeatureRecorder:
         while True:
             recording = EpochRecording(self, epoch, counts, self.feature_dtype)
             recording._begin()
-            status, error = OK, None
+            status = OK
+            error: Exception | None = None
             try:
                 with _eval_mode(self._module), torch.no_grad():
                     for split, (_, make_batches) in plans.items():
@@ -435,7 +436,7 @@ class FeatureRecorder:
         if n is None:
             dataset = getattr(source, "dataset", None)
             try:
-                n = len(dataset) if dataset is not None else None  # type: ignore[arg-type]
+                n = len(dataset) if dataset is not None else None
             except TypeError:
                 n = None
         if n is None:

@@ -263,7 +263,7 @@ def analyze_file(
     keys = {"features": features, "labels": labels, "weight": weight}
     if bias is not None:
         keys["bias"] = bias
-    if test_features is not None:
+    if test_features is not None and test_labels is not None:  # both or neither (above)
         keys.update(test_features=test_features, test_labels=test_labels)
     with open_dump(path) as dump:
         arrays = {role: dump.read(key, role) if role in ("weight", "bias")

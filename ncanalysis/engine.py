@@ -260,7 +260,9 @@ def _pass2(item: EpochInput, split: str, plan: Delayed) -> Delayed:
     inputs, blocks, dependencies = _block_inputs(name, features, labels, after=plan)
     layer, total = _block_layer(name, stats.block_scatter, blocks, [[plan.key]] * len(blocks))
     layer.update(inputs)
-    graph = HighLevelGraph.from_collections(name, layer, dependencies=[*dependencies, plan])
+    # dask's Delayed does not match its own DaskCollection protocol (__dask_scheduler__).
+    graph = HighLevelGraph.from_collections(
+        name, layer, dependencies=[*dependencies, plan])  # type: ignore[list-item]
     return Delayed(total, graph, layer=name)
 
 
@@ -358,7 +360,8 @@ def _local_scheduler(scheduler: Any) -> Any:
     """
     from dask.base import named_schedulers
 
-    return named_schedulers.get(_scheduler_name(scheduler), scheduler)
+    name = _scheduler_name(scheduler)
+    return scheduler if name is None else named_schedulers.get(name, scheduler)
 
 
 def _blas_threads_for(scheduler: Any) -> contextlib.AbstractContextManager:

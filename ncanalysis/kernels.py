@@ -62,7 +62,8 @@ def kernel_input(block: np.ndarray) -> np.ndarray:
 @intrinsic
 def _float16_bits_to_float32(typingctx, bits):
     """The float32 value of float16 bits (exact; NaN and inf preserved)."""
-    if not (isinstance(bits, types.Integer) and bits.bitwidth == 16):
+    # numba's stubs omit Integer.bitwidth, set in its __init__.
+    if not (isinstance(bits, types.Integer) and bits.bitwidth == 16):  # type: ignore[attr-defined]
         return None
 
     def codegen(context, builder, signature, args):
@@ -78,7 +79,8 @@ def _value(x):  # pragma: no cover - replaced by the overload in compiled code
 @overload(_value, inline="always")
 def _value_overload(x):
     if isinstance(x, types.Integer):
-        return lambda x: _float16_bits_to_float32(x)
+        # numba's stubs type an @intrinsic as taking typingctx too; compiled code omits it.
+        return lambda x: _float16_bits_to_float32(x)  # type: ignore[call-arg]
     return lambda x: x
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import xarray as xr
@@ -165,7 +166,8 @@ def _finish(ax: Axes, ds: xr.Dataset, title: str, ylabel: str) -> None:
 
 
 def _figure(size: tuple[float, float] = _SIZE, ncols: int = 1,
-            layout: str | None = None) -> tuple[Figure, list[Axes]]:
+            layout: Literal["constrained", "compressed", "tight"] | None = None,
+            ) -> tuple[Figure, list[Axes]]:
     fig = Figure(figsize=size, layout=layout)
     axes = fig.subplots(1, ncols, squeeze=False)[0]
     if layout is None:

@@ -109,7 +109,7 @@ def epoch_progress(progress: Any, total: int | None) -> EpochProgress:
 def _bar(total: int | None) -> Any:
     """A tqdm bar on stderr counting epochs (done/total, rate, time left)."""
     # The plain text bar (not tqdm.auto): it also works in notebooks without ipywidgets.
-    from tqdm import tqdm  # type: ignore[import-untyped]
+    from tqdm import tqdm
 
     return tqdm(total=total, unit="epoch", desc="ncanalysis", file=sys.stderr,
                 dynamic_ncols=True)

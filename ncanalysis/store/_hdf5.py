@@ -114,14 +114,13 @@ class HDF5Backend:
             dataset = file.get(node)
             if not isinstance(dataset, h5py.Dataset):
                 return None
-            names = tuple(
-                dim[0].name.rsplit("/", 1)[-1] if len(dim) else None for dim in dataset.dims
-            )
+            # A dimension without an attached scale has no name; then the array has none.
+            names = [str(dim[0].name).rsplit("/", 1)[-1] for dim in dataset.dims if len(dim)]
             return ArrayInfo(
                 shape=dataset.shape,
                 chunks=dataset.chunks or dataset.shape,
                 dtype=dataset.dtype,
-                dimension_names=None if None in names else names,
+                dimension_names=tuple(names) if len(names) == len(dataset.dims) else None,
             )
 
     def create_array(
@@ -174,6 +173,8 @@ class HDF5Backend:
         if written and not checksummed:
             return None  # nothing more to check without reading every value for nothing
         info = self.info(node)
+        if info is None:
+            raise StoreFormatError(f"{describe_node(self.path, node)}: the array is missing")
         proxy = self._proxy(node, info)
         unit = info.chunks[0]
         try:

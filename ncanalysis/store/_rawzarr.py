@@ -105,7 +105,7 @@ class RawRowChunks:
             raise TypeError(f"{self.directory}: row slices must have step 1, not {step}")
         out = np.empty((max(0, stop - start), self.shape[1]), dtype=self.dtype)
         row_bytes = self.shape[1] * self.dtype.itemsize
-        flat = memoryview(out.reshape(-1).view(np.uint8))
+        flat = out.reshape(-1).view(np.uint8).data  # a writable memoryview of ``out``
         for index in range(start // self.chunk_rows, -(-stop // self.chunk_rows)):
             first = max(start, index * self.chunk_rows)
             last = min(stop, (index + 1) * self.chunk_rows)

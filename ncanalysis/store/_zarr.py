@@ -14,7 +14,9 @@ import numpy as np
 import zarr
 import zarr.errors
 from zarr.codecs import BytesCodec, Crc32cCodec
+from zarr.core.array_spec import ArrayConfigParams
 from zarr.core.buffer import default_buffer_prototype
+from zarr.core.metadata import ArrayV3Metadata
 from zarr.core.sync import collect_aiterator, sync
 
 from ..errors import StoreFormatError
@@ -30,7 +32,7 @@ _METADATA_ERRORS = (
 
 # Chunks equal to the fill value are written anyway, so that "every chunk exists" tells
 # that every row was written (a chunk of class-0 labels or dead ReLU features is all 0).
-_WRITE_CONFIG = {"write_empty_chunks": True}
+_WRITE_CONFIG: ArrayConfigParams = {"write_empty_chunks": True}
 
 
 class ZarrBackend:
@@ -99,13 +101,13 @@ class ZarrBackend:
             array = self._array(node)
         if array is None:
             return None
-        names = array.metadata.dimension_names
+        names = _v3_metadata(array, describe_node(self.path, node)).dimension_names
         return ArrayInfo(
             shape=array.shape,
             # The write unit of a sharded array (not written by us) is the shard.
             chunks=array.shards or array.chunks,
             dtype=np.dtype(array.dtype),
-            dimension_names=None if names is None or None in names else tuple(names),
+            dimension_names=None if names is None or None in names else tuple(map(str, names)),
         )
 
     def create_array(
@@ -133,17 +135,17 @@ class ZarrBackend:
 
     def write(self, group: str, start: int, arrays: dict[str, np.ndarray]) -> None:
         for name, values in arrays.items():
-            target = self._root[f"{group}/{name}"].with_config(_WRITE_CONFIG)
+            target = self._existing_array(f"{group}/{name}").with_config(_WRITE_CONFIG)
             target[start : start + len(values)] = values
 
     def read(self, node: str) -> np.ndarray:
         """Read a whole array of a complete epoch: every chunk must be there and intact."""
         with self._metadata(node):
-            array = self._root[node]
+            array = self._existing_array(node)
         return ZarrRows(array, describe_node(self.path, node))[...]
 
     def chunks_written(self, node: str) -> tuple[int, int]:
-        array = self._root[node]
+        array = self._existing_array(node)
         return array.nchunks_initialized, array.nchunks
 
     def chunk_problem(self, node: str) -> str | None:
@@ -152,11 +154,11 @@ class ZarrBackend:
         Sizes are checked where the codecs fix them (uncompressed, with or without
         crc32c); chunks with a crc32c are read and verified.
         """
-        array = self._root[node]
+        array = self._existing_array(node)
         missing = _missing_keys(array)
         if missing:
             return f"{len(missing)} chunk(s) missing, first {_key_path(array, missing[0])}"
-        codecs = array.metadata.codecs
+        codecs = _v3_metadata(array, describe_node(self.path, node)).codecs
         if array.shards is not None or not isinstance(codecs[0], BytesCodec):
             return None
         checksum = codecs[1:] == (Crc32cCodec(),)
@@ -172,6 +174,8 @@ class ZarrBackend:
                 return f"chunk file {_key_path(array, key)} holds {size} bytes, expected {expected}"
             if checksum:
                 data = sync(store.get(full, prototype=default_buffer_prototype()))
+                if data is None:  # deleted between the size check and the read
+                    return f"chunk file {_key_path(array, key)} is missing"
                 raw = data.as_numpy_array().tobytes()
                 if not crc32c_trailer_ok(memoryview(raw)[:payload], raw[payload:]):
                     return f"chunk file {_key_path(array, key)} fails its crc32c checksum"
@@ -179,7 +183,7 @@ class ZarrBackend:
 
     def row_source(self, node: str) -> RawRowChunks | ZarrRows:
         with self._metadata(node):
-            array = self._root[node]
+            array = self._existing_array(node)
         where = describe_node(self.path, node)
         raw = raw_row_chunks(array, where=where) if direct_reads_enabled() else None
         return ZarrRows(array, where) if raw is None else raw
@@ -205,6 +209,23 @@ class ZarrBackend:
     def _array(self, node: str) -> zarr.Array | None:
         found = self._root.get(node)
         return found if isinstance(found, zarr.Array) else None
+
+    def _existing_array(self, node: str) -> zarr.Array:
+        """The array at ``node`` (KeyError when absent; StoreFormatError when a group)."""
+        found = self._root[node]
+        if not isinstance(found, zarr.Array):
+            raise StoreFormatError(
+                f"{describe_node(self.path, node)}: is a Zarr group, expected an array")
+        return found
+
+
+def _v3_metadata(array: zarr.Array, where: str) -> ArrayV3Metadata:
+    """The Zarr v3 metadata of an array (dimension names and codecs exist only in v3)."""
+    metadata = array.metadata
+    if not isinstance(metadata, ArrayV3Metadata):
+        raise StoreFormatError(
+            f"{where}: Zarr format {metadata.zarr_format} array; the format needs Zarr v3")
+    return metadata
 
 
 def _broken_metadata(root: Path, node: str, *, children: bool) -> Path | None:
@@ -305,7 +326,8 @@ class ZarrRows:
                 "(a complete epoch has every chunk: deleted or lost)"
             )
         try:
-            return self.array[key]
+            # zarr types the result as array-like or scalar; with numpy buffers it is an ndarray.
+            return np.asarray(self.array[key])
         except (ValueError, TypeError) as err:
             raise ChunkError(f"{self.where}: {self._damaged(start, stop)} ({err})") from err
 

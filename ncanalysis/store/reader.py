@@ -331,4 +331,6 @@ def _checked(info: ArrayInfo | None, name: str, shape: tuple[int, ...], where: s
     problem = array_problem(info, name, shape)
     if problem is not None:
         raise StoreFormatError(f"{where}: {problem}")
+    if info is None:  # array_problem reports a missing array; this narrows the type
+        raise StoreFormatError(f"{where}: missing")
     return info

@@ -11,6 +11,7 @@ import dataclasses
 import os
 import re
 from pathlib import Path
+from typing import TypeGuard
 
 import numpy as np
 
@@ -220,14 +221,14 @@ def check_meta(meta: object, where: str) -> dict:
     return meta
 
 
-def is_index(value: object) -> bool:
+def is_index(value: object) -> TypeGuard[int | np.integer]:
     """Whether ``value`` is a non-negative integer (a bool is not)."""
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 0
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and bool(value >= 0)
 
 
-def is_count(value: object) -> bool:
+def is_count(value: object) -> TypeGuard[int | np.integer]:
     """Whether ``value`` is a positive integer (a bool is not)."""
-    return is_index(value) and value >= 1
+    return is_index(value) and bool(value >= 1)
 
 
 def array_problem(info: ArrayInfo | None, name: str, shape: tuple[int, ...]) -> str | None:
