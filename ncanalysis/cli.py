@@ -562,8 +562,9 @@ def _store_info(path: str) -> dict[str, Any]:
 
     with open_store(path) as store:
         epochs = store.epochs()
-        per_epoch = [{"epoch": e, "splits": {s: store.num_samples(e, s)
-                                             for s in store.splits(e)}} for e in epochs]
+        per_epoch: list[dict[str, Any]] = [
+            {"epoch": e, "splits": {s: store.num_samples(e, s) for s in store.splits(e)}}
+            for e in epochs]
         dtypes: dict[str, str] = {}
         if epochs:
             # Dtypes from the latest complete epoch: reading them is cheap (no data).

@@ -249,7 +249,8 @@ def _json_values(values: np.ndarray) -> list:
 def _json_variable(variable: xr.Variable) -> dict:
     dtype = "str" if variable.dtype.kind in "UO" else str(variable.dtype)
     values = variable.values.astype(str) if dtype == "str" else variable.values
-    entry = {"dims": list(variable.dims), "dtype": dtype, "data": _json_values(values)}
+    entry: dict[str, Any] = {"dims": list(variable.dims), "dtype": dtype,
+                             "data": _json_values(values)}
     if variable.attrs:
         entry["attrs"] = {key: _plain(value) for key, value in variable.attrs.items()}
     return entry
@@ -1239,7 +1240,7 @@ def plan_resume(
 
 def _with_splits(ds: xr.Dataset, splits: list[str]) -> xr.Dataset:
     """``ds`` reindexed to ``splits``; new splits get the missing-value markers."""
-    fill = {name: _missing_value(name) for name in ds.data_vars if name != IDENTITY}
+    fill = {name: _missing_value(str(name)) for name in ds.data_vars if name != IDENTITY}
     return ds.reindex(split=splits, fill_value=fill)
 
 
