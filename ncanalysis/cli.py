@@ -403,7 +403,6 @@ def _run_store(args: argparse.Namespace) -> tuple[Any, dict[int, BaseException]]
     """
     from .results import (
         fold_results,
-        journal_results,
         load_results,
         plan_resume,
     )
@@ -448,25 +447,37 @@ def _run_store(args: argparse.Namespace) -> tuple[Any, dict[int, BaseException]]
             # ONE bar for the whole run (ncanalysis/progress.py): analyze updates it per epoch.
             with _scheduler(args) as scheduler, \
                     run_progress(len(plan.todo), not args.quiet) as bar:
-                for epoch in plan.todo:
-                    try:
-                        new = analyze(store, epochs=[epoch], splits=args.splits,
-                                      scheduler=scheduler,
-                                      **{**_analysis_options(args), "progress": bar})
-                    except _EPOCH_ERRORS as err:
-                        if not args.keep_going:
-                            if saved:
-                                _log(args, f"stopped at epoch {epoch}; epoch(s) "
-                                     f"{_epoch_ranges(saved)} analysed and saved to {where}")
-                            raise
-                        _log(args, f"epoch {epoch} skipped (--keep-going): {_one_line(err)}")
-                        failed[epoch] = err
-                        continue
-                    # The attributes that make later runs resumable.
-                    new.attrs.update(source=source, splits_selected=settings["splits_selected"])
-                    journal_results(new, target, in_store=in_store,
-                                    replace=args.overwrite and not saved)
-                    saved.append(epoch)
+                for batch in _batches(store, plan.todo):
+                    if len(batch) > 1:
+                        try:
+                            new = analyze(store, epochs=batch, splits=args.splits,
+                                          scheduler=scheduler, epochs_per_compute=len(batch),
+                                          **{**_analysis_options(args), "progress": bar})
+                        except _EPOCH_ERRORS:
+                            # Which epoch failed, exactly: again one by one (below).
+                            pass
+                        else:
+                            for epoch in batch:
+                                _journal_epoch(args, _one_epoch(new, epoch), source,
+                                               settings, target, in_store, saved)
+                            continue
+                    for epoch in batch:
+                        try:
+                            new = analyze(store, epochs=[epoch], splits=args.splits,
+                                          scheduler=scheduler,
+                                          **{**_analysis_options(args), "progress": bar})
+                        except _EPOCH_ERRORS as err:
+                            if not args.keep_going:
+                                if saved:
+                                    _log(args, f"stopped at epoch {epoch}; epoch(s) "
+                                         f"{_epoch_ranges(saved)} analysed and saved to "
+                                         f"{where}")
+                                raise
+                            _log(args, f"epoch {epoch} skipped (--keep-going): "
+                                 f"{_one_line(err)}")
+                            failed[epoch] = err
+                            continue
+                        _journal_epoch(args, new, source, settings, target, in_store, saved)
         except BaseException as err:
             if saved:
                 # Stopped (bad epoch, Ctrl-C): the finished epochs still go into the results.
@@ -484,6 +495,95 @@ def _run_store(args: argparse.Namespace) -> tuple[Any, dict[int, BaseException]]
         merged = folded if folded is not None else load_results(target)
         _log(args, f"results of epoch(s) {_epoch_ranges(saved)} saved to {where}")
     return merged, failed
+
+
+# Epochs analysed in one dask.compute by `run` (_batches).  Each compute has a
+# fixed cost (~0.2 s measured: graph build, scheduling, thread start, result
+# fetch; benchmarks/RESULTS.md, "Batched small epochs") that dominates tiny
+# epochs.  At 64 MiB of features an epoch's own reading and arithmetic already
+# take about as long as that cost, so bigger epochs gain little and stay one per
+# compute, keeping their journal entry (what a killed run keeps) and the
+# progress bar per epoch.  16 epochs bound what a kill loses and what a batch
+# with a bad epoch costs to redo one by one.
+# The dask config key ncanalysis.batch-epochs (env DASK_NCANALYSIS__BATCH_EPOCHS)
+# overrides the epoch limit; 1 gives one compute and one journal entry per epoch.
+BATCH_FEATURE_BYTES = 64 * 2**20
+BATCH_EPOCHS = 16
+_BATCH_EPOCHS_KEY = "ncanalysis.batch-epochs"
+
+
+def _batch_epochs() -> int:
+    """Most epochs per compute: dask config ``ncanalysis.batch-epochs``, default 16."""
+    import dask
+
+    value = dask.config.get(_BATCH_EPOCHS_KEY, None)
+    if value is None:
+        return BATCH_EPOCHS
+    try:
+        limit = int(value)
+    except (TypeError, ValueError):
+        limit = 0
+    if limit < 1 or str(limit) != str(value).strip():
+        raise InputError(f"dask config {_BATCH_EPOCHS_KEY} must be a whole number >= 1, "
+                         f"not {value!r}")
+    return limit
+
+
+def _feature_bytes(store: Any, epoch: int) -> int:
+    """Bytes of the stored features of ``epoch`` (every split)."""
+    return sum(store.num_samples(epoch, s) * store.num_features
+               * store.feature_dtype(epoch, s).itemsize for s in store.splits(epoch))
+
+
+def _batches(store: Any, epochs: Sequence[int]) -> list[list[int]]:
+    """``epochs`` in order, cut into batches for one compute each.
+
+    Consecutive epochs go together while the batch holds at most
+    :data:`BATCH_EPOCHS` epochs (or dask config ``ncanalysis.batch-epochs``) and
+    :data:`BATCH_FEATURE_BYTES` of features; an epoch bigger than that is a batch
+    of its own.
+    """
+    limit = _batch_epochs()
+    batches: list[list[int]] = []
+    size = 0
+    for epoch in epochs:
+        nbytes = _feature_bytes(store, epoch)
+        if (batches and len(batches[-1]) < limit
+                and size + nbytes <= BATCH_FEATURE_BYTES):
+            batches[-1].append(epoch)
+            size += nbytes
+        else:
+            batches.append([epoch])
+            size = nbytes
+    return batches
+
+
+def _one_epoch(ds: Any, epoch: int) -> Any:
+    """The results of ``epoch`` from a batch's, as analysing it alone makes them.
+
+    Splits the epoch lacks are dropped (the batch has the union of its epochs'
+    splits) and the terminal-phase attributes are those of this epoch alone.
+    """
+    import numpy as np
+
+    from .metrics import terminal_phase
+
+    one = ds.sel(epoch=[epoch])
+    one = one.isel(split=np.flatnonzero(one["n_samples"].values[0] >= 0))
+    one.attrs.update(terminal_phase(one["epoch"].values, one["split"].values.tolist(),
+                                    one["accuracy"].values))
+    return one
+
+
+def _journal_epoch(args: argparse.Namespace, new: Any, source: str, settings: dict,
+                   target: str, in_store: bool, saved: list[int]) -> None:
+    """Journal the results ``new`` of one epoch and add it to ``saved``."""
+    from .results import journal_results
+
+    # The attributes that make later runs resumable.
+    new.attrs.update(source=source, splits_selected=settings["splits_selected"])
+    journal_results(new, target, in_store=in_store, replace=args.overwrite and not saved)
+    saved.append(int(new["epoch"].values[0]))
 
 
 def _foreign_file(path: str) -> bool:

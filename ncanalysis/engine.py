@@ -13,7 +13,8 @@ A pass-2 task reads its block only once the geometry exists (RowBlocks are read
 inside the task; a dask array's chunks are *bound* to the pass-1 results with
 :func:`dask.graph_manipulation.bind`, making fresh read tasks), so no block is
 held in memory between the passes and peak memory does not grow with N.  Both
-passes of every split share one ``dask.compute`` per epoch.  The library never
+passes of every split share one ``dask.compute`` per epoch (or per batch of
+small epochs: ``epochs_per_compute``).  The library never
 creates a dask Client: it runs on ``scheduler`` (a name or a Client), or on the
 Client the caller has made active.
 """
@@ -488,6 +489,38 @@ def _compute(graph: Any, scheduler: Any, where: str = "arrays") -> Any:
         return dask.compute(graph, scheduler=_local_scheduler(scheduler))[0]
 
 
+def _compute_batch(
+    batch: Sequence[tuple[EpochInput, Any]], scheduler: Any, results: dict[int, dict],
+    reporter: Any,
+) -> None:
+    """Compute the graphs of ``batch`` (epoch, graph) in ONE compute into ``results``."""
+    for item, _ in batch:
+        logger.info("%s: analysing %s", item.context(), ", ".join(item.splits))
+    if len(batch) == 1:
+        item, graph = batch[0]
+        values = [_compute(graph, scheduler, item.context())]
+    else:
+        first = batch[0][0]
+        where = f"{first.where}: epochs {_epoch_list([item.epoch for item, _ in batch])}"
+        # One Delayed of the list: one future on a Client, so _cluster_result's
+        # bounded wait and KilledWorker mapping cover the whole batch.
+        values = _compute(dask.delayed(list)([graph for _, graph in batch]), scheduler, where)
+    for (item, _), value in zip(batch, values, strict=True):
+        results[item.epoch] = value
+        reporter.epoch_done(item.context())
+
+
+def _epoch_list(epochs: Sequence[int]) -> str:
+    """``[0, 1, 2, 5]`` as ``"0-2, 5"`` (for error messages)."""
+    runs: list[list[int]] = []
+    for epoch in epochs:
+        if runs and epoch == runs[-1][1] + 1:
+            runs[-1][1] = epoch
+        else:
+            runs.append([epoch, epoch])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
 def _to_dataset(
     results: Mapping[int, Mapping[str, dict]],
     *,
@@ -546,23 +579,34 @@ def analyze_epochs(
     gemm_dtype: GemmDtype | None = None,
     ncc: bool | None = None,
     progress: Any = None,
+    epochs_per_compute: int = 1,
 ) -> xr.Dataset:
-    """Analyse a sequence of epochs, one ``dask.compute`` each, into one Dataset.
+    """Analyse a sequence of epochs, ``epochs_per_compute`` per ``dask.compute``, into one Dataset.
 
     This is the common path of :func:`analyze` and :func:`analyze_arrays`;
-    ``progress`` as in :func:`ncanalysis.progress.epoch_progress`.
+    ``progress`` as in :func:`ncanalysis.progress.epoch_progress` (still counted in
+    epochs: a batch's epochs are reported done together).  Batching saves the
+    fixed cost of each compute (scheduling, thread start, result fetch), which
+    dominates tiny epochs; the epoch graphs are independent, so the numbers do
+    not change.  An error in a batch does not say which of its epochs failed
+    unless the task's own message does (it names its epoch).
     """
+    if epochs_per_compute < 1:
+        raise InputError(f"epochs_per_compute must be >= 1, not {epochs_per_compute!r}")
     chosen = resolve_options(options, global_mean=global_mean, pinv_rtol=pinv_rtol,
                              gemm_dtype=gemm_dtype, ncc=ncc, progress=progress)
     results: dict[int, dict] = {}
     with epoch_progress(chosen.progress, total=None) as reporter:  # closes only a bar it made
+        batch: list[tuple[EpochInput, Any]] = []
         for item in items:
-            graph = epoch_graph(item, options=chosen)
-            logger.info("%s: analysing %s", item.context(), ", ".join(item.splits))
-            if item.epoch in results:
+            if item.epoch in results or any(item.epoch == b.epoch for b, _ in batch):
                 raise InputError(f"{item.context()}: epoch given twice")
-            results[item.epoch] = _compute(graph, scheduler, item.context())
-            reporter.epoch_done(item.context())
+            batch.append((item, epoch_graph(item, options=chosen)))
+            if len(batch) == epochs_per_compute:
+                _compute_batch(batch, scheduler, results, reporter)
+                batch = []
+        if batch:
+            _compute_batch(batch, scheduler, results, reporter)
     return _to_dataset(
         results,
         num_classes=num_classes,
@@ -674,6 +718,7 @@ def analyze(
     ncc: bool | None = None,
     rows_per_block: int | None = None,
     progress: Any = None,
+    epochs_per_compute: int = 1,
 ) -> xr.Dataset:
     """Every Neural Collapse metric of every complete epoch and split of a store.
 
@@ -692,6 +737,11 @@ def analyze(
         "train" among them.
     scheduler, options, global_mean, pinv_rtol, gemm_dtype, ncc, rows_per_block, progress
         As in :func:`analyze_arrays`.
+    epochs_per_compute : int
+        Epochs computed together in one ``dask.compute`` (default 1).  More saves
+        the fixed cost of a compute on tiny epochs, with the same numbers; an
+        error then stops the whole batch (the CLI retries such a batch epoch by
+        epoch).  Keep it 1 for big epochs: a batch's epochs are in flight at once.
 
     Returns
     -------
@@ -706,13 +756,14 @@ def analyze(
                              pinv_rtol=pinv_rtol, gemm_dtype=gemm_dtype, ncc=ncc,
                              rows_per_block=rows_per_block, progress=progress)
     if isinstance(store_or_path, Store):
-        return _analyze_store(store_or_path, epochs, scheduler, chosen)
+        return _analyze_store(store_or_path, epochs, scheduler, chosen, epochs_per_compute)
     with open_store(store_or_path) as store:
-        return _analyze_store(store, epochs, scheduler, chosen)
+        return _analyze_store(store, epochs, scheduler, chosen, epochs_per_compute)
 
 
 def _analyze_store(
-    store: Any, epochs: Iterable[int] | None, scheduler: Any, options: AnalysisOptions
+    store: Any, epochs: Iterable[int] | None, scheduler: Any, options: AnalysisOptions,
+    epochs_per_compute: int = 1,
 ) -> xr.Dataset:
     """:func:`analyze` of an open store."""
     wanted = store.check_epochs(epochs)  # all of them, before any work
@@ -755,6 +806,7 @@ def _analyze_store(
         scheduler=scheduler,
         options=dataclasses.replace(
             options, progress=epoch_progress(options.progress, total=len(wanted))),
+        epochs_per_compute=epochs_per_compute,
     )
     epoch_ids = [identities[e] for e in dataset["epoch"].values.tolist()]
     return describe(dataset.assign(epoch_identity=("epoch", np.asarray(epoch_ids, dtype=str))))

@@ -227,8 +227,10 @@ def test_kill_at_every_step_of_a_results_write(tmp_path, suffix):
 
 def test_killed_run_keeps_finished_epochs_and_rerun_continues(tmp_path, capsys):
     store = make_store(tmp_path / "s.zarr", range(4))
-    # Killed while computing epoch 2: epochs 0 and 1 are saved.
-    done = run_killed(3, "_compute", "run", store, "-q")
+    # Killed while computing epoch 2: epochs 0 and 1 are saved (one epoch per compute).
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DASK_NCANALYSIS__BATCH_EPOCHS", "1")
+        done = run_killed(3, "_compute", "run", store, "-q")
     assert done.returncode == -9
     assert results.load_results(store)["epoch"].values.tolist() == [0, 1]
     assert cli.main(["run", str(store)]) == 0
@@ -487,7 +489,9 @@ def test_overwrite_run_killed_then_resumed(tmp_path):
     other = make_store(tmp_path / "o.zarr", range(3), seed=5)
     assert cli.main(["run", str(other), "-q", "--output", str(out)]) == 0
     # Killed while computing epoch 1 of an --overwrite run: epoch 0 replaces the others.
-    done = run_killed(2, "_compute", "run", store, "-q", "--output", out, "--overwrite")
+    with pytest.MonkeyPatch.context() as mp:  # one epoch per compute
+        mp.setenv("DASK_NCANALYSIS__BATCH_EPOCHS", "1")
+        done = run_killed(2, "_compute", "run", store, "-q", "--output", out, "--overwrite")
     assert done.returncode == -9, done.stderr
     now = results.load_results(out)
     assert now["epoch"].values.tolist() == [0]
