@@ -105,3 +105,17 @@ def test_engine_batch_counts_epochs_on_the_progress_callback(tmp_path):
     assert_same_numbers(together, alone)
     with pytest.raises(InputError, match="epochs_per_compute"):
         ncanalysis.analyze(store, epochs_per_compute=0)
+
+
+def test_a_batch_is_one_compute_whose_errors_name_its_epochs(tmp_path, monkeypatch):
+    import ncanalysis
+
+    store = make_store(tmp_path / "s.zarr", range(5))
+    wheres: list[str] = []
+    real = engine._compute
+    monkeypatch.setattr(engine, "_compute",
+                        lambda graph, scheduler, where="arrays": wheres.append(where)
+                        or real(graph, scheduler, where))
+    ncanalysis.analyze(store, epochs=[0, 1, 2, 4], epochs_per_compute=3)
+    # The `where` of ClusterError (no worker, KilledWorker) names the batch's epochs.
+    assert wheres == [f"{store}: epochs 0-2", f"{store}: epoch 4"]
