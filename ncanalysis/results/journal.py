@@ -109,7 +109,7 @@ def journal_results(
         The journal entry written.
     """
     if "ncanalysis_version" not in new.attrs:
-        from ._version import __version__
+        from .._version import __version__
 
         new = new.assign_attrs(ncanalysis_version=__version__)
     journal = results_journal_path(path, in_store=in_store)

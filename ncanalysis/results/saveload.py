@@ -102,7 +102,7 @@ def save_results(
     path = Path(path)
     if "ncanalysis_version" not in ds.attrs:
         # The mark by which a later save recognises these results as replaceable.
-        from ._version import __version__
+        from .._version import __version__
 
         ds = ds.assign_attrs(ncanalysis_version=__version__)
     with _locked(path, in_store, lock_timeout):
