@@ -184,11 +184,25 @@ def _is_results_attrs(attrs: Any) -> bool:
     return isinstance(attrs, dict) and "ncanalysis_version" in attrs and ROOT_ATTR not in attrs
 
 
-def _zarr_attrs(path: Path) -> Any:
-    try:
-        return json.loads((path / "zarr.json").read_text(encoding="utf-8")).get("attributes")
-    except (OSError, ValueError, AttributeError):
+def _zarr_attrs(path: Path) -> dict[str, Any] | None:
+    """The attributes of the Zarr v3 group at ``path``; None when it is no group.
+
+    The cheap ``zarr.json`` existence check comes first: :func:`load_results` asks
+    this of every path (a .json or .csv file too), which must not import zarr.
+    """
+    meta = path / "zarr.json"
+    if not meta.is_file():
         return None
+    import zarr
+    from zarr.errors import ContainsArrayError
+
+    try:
+        group = zarr.open_group(path, mode="r", zarr_format=3, use_consolidated=False)
+    except ContainsArrayError:
+        return None  # an array's metadata: not a group, so neither a store nor results
+    except (ValueError, TypeError) as err:
+        raise StoreFormatError(f"{meta}: not Zarr v3 group metadata: {err}") from err
+    return group.attrs.asdict()
 
 
 def _foreign(path: Path, what: str) -> InputError:
@@ -198,14 +212,8 @@ def _foreign(path: Path, what: str) -> InputError:
 
 def _is_zarr_store(path: Path) -> bool:
     """Return True when ``path`` is the root of a Zarr ncanalysis store (not a results group)."""
-    meta = path / "zarr.json"
-    if not meta.is_file():
-        return False
-    try:
-        attributes = json.loads(meta.read_text(encoding="utf-8")).get("attributes", {})
-    except json.JSONDecodeError as err:
-        raise StoreFormatError(f"{meta}: not valid JSON: {err}") from err
-    return ROOT_ATTR in attributes
+    attributes = _zarr_attrs(path)
+    return attributes is not None and ROOT_ATTR in attributes
 
 
 def _is_hdf5_store(path: Path) -> bool:
