@@ -58,8 +58,8 @@ KILLER = textwrap.dedent("""
     for owner, name in [(os, "replace"), (shutil, "rmtree"), (h5py.Group, "move"),
                         (h5py.Group, "__delitem__"), (xarray.Dataset, "to_zarr"),
                         (xarray.Dataset, "to_netcdf"), (ncanalysis.engine, "_compute"),
-                        (os, "fsync"), (ncanalysis.results, "_save_unlocked"),
-                        (ncanalysis.results.Path, "unlink")]:
+                        (os, "fsync"), (ncanalysis.results.saveload, "_save_unlocked"),
+                        (ncanalysis.results.saveload.Path, "unlink")]:
         if sys.argv[2] == "all" or name == sys.argv[2]:
             after(owner, name)
     from ncanalysis.cli import main
@@ -374,8 +374,8 @@ def test_a_run_rewrites_the_results_once(tmp_path, monkeypatch):
     # Before the journal every epoch rewrote the whole results (5 writes here).
     store = make_store(tmp_path / "s.zarr", range(5))
     writes = []
-    original = results._save_unlocked
-    monkeypatch.setattr(results, "_save_unlocked",
+    original = results.saveload._save_unlocked
+    monkeypatch.setattr(results.saveload, "_save_unlocked",
                         lambda ds, *a, **k: writes.append(ds.sizes["epoch"]) or original(ds, *a, **k))
     assert cli.main(["run", str(store), "-q"]) == 0
     assert writes == [5]
@@ -514,10 +514,10 @@ def test_a_fold_gives_what_saving_each_epoch_at_once_gave(analysed):
     expected = steps[0]
     for new in steps[1:]:
         expected = results.merge_results(expected, new)
-    got = results._replay(None, [(False, s) for s in steps], in_store=False)
+    got = results.journal._replay(None, [(False, s) for s in steps], in_store=False)
     xr.testing.assert_identical(got, expected)
     assert got["nc1"].sel(epoch=0).values.tolist() == [7.0, 7.0]
     assert got["n_samples"].sel(epoch=1, split="test").item() == -1
-    based = results._replay(ds, [(False, s) for s in steps[2:]], in_store=False)
+    based = results.journal._replay(ds, [(False, s) for s in steps[2:]], in_store=False)
     xr.testing.assert_identical(based, results.merge_results(
         results.merge_results(results.merge_results(ds, e0b), train_only), e2))

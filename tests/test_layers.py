@@ -61,6 +61,23 @@ def test_metrics_are_pure():
 def test_the_analyser_does_not_import_the_results_io():
     for name in ("engine.py", "stats.py", "sources.py", "kernels.py", "options.py"):
         imported = _imports(PACKAGE / name, "ncanalysis")
+        assert not {m for m in imported if m == "ncanalysis.results"
+                    or m.startswith("ncanalysis.results.")}, name
+
+
+#: The modules of ncanalysis.results, lowest first: each imports only those before it.
+RESULTS_ORDER = ("formats", "files", "resume", "journal", "saveload")
+
+
+def test_the_results_package_imports_one_way():
+    assert sorted(p.stem for p in (PACKAGE / "results").glob("*.py")) == sorted(
+        (*RESULTS_ORDER, "__init__"))
+    for i, name in enumerate(RESULTS_ORDER):
+        imported = _imports(PACKAGE / "results" / f"{name}.py", "ncanalysis.results")
+        siblings = {m.removeprefix("ncanalysis.results.") for m in imported
+                    if m.startswith("ncanalysis.results.")}
+        allowed = set(RESULTS_ORDER[:i]) - ({"files"} if name == "resume" else set())
+        assert siblings <= allowed, f"results/{name}.py imports {sorted(siblings - allowed)}"
         assert "ncanalysis.results" not in imported, name
 
 
