@@ -24,7 +24,7 @@ from typing import Any
 
 from ._version import __version__
 from .errors import InputError, NCAnalysisError, StoreFormatError
-from .options import AnalysisOptions
+from .options import AnalysisOptions, _positive_int
 
 __all__ = ["main", "build_parser", "format_table", "parse_epochs"]
 
@@ -82,14 +82,11 @@ def parse_epochs(text: str) -> list[int]:
     return sorted(set(epochs))
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def epoch_ranges(epochs: Sequence[int]) -> str:
+    """``[0, 1, 2, 5]`` as ``"0-2, 5"``: store.spec's, imported only when needed."""
+    from .store.spec import epoch_ranges as ranges
+
+    return ranges(list(epochs))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -337,7 +334,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         for epoch, error in failed.items():
             print(f"{_PROG} run: epoch {epoch} skipped: {_one_line(error)}", file=sys.stderr)
         print(f"{_PROG} run: error: {len(failed)} epoch(s) could not be analysed "
-              f"({_epoch_ranges(sorted(failed))}); the others are saved", file=sys.stderr)
+              f"({epoch_ranges(sorted(failed))}); the others are saved", file=sys.stderr)
         return EXIT_INVALID
     return EXIT_OK
 
@@ -438,7 +435,7 @@ def _run_store(args: argparse.Namespace) -> tuple[Any, dict[int, BaseException]]
         _log(args, f"{args.path}: {len(plan.todo)} epoch(s) to analyse, {plan.reason}")
         if not plan.todo:
             return plan.keep, failed
-        _log(args, f"analysing epoch(s) {_epoch_ranges(plan.todo)}")
+        _log(args, f"analysing epoch(s) {epoch_ranges(plan.todo)}")
         from .engine import analyze  # here: a run with nothing to do never loads numba
         from .progress import run_progress
 
@@ -470,7 +467,7 @@ def _run_store(args: argparse.Namespace) -> tuple[Any, dict[int, BaseException]]
                             if not args.keep_going:
                                 if saved:
                                     _log(args, f"stopped at epoch {epoch}; epoch(s) "
-                                         f"{_epoch_ranges(saved)} analysed and saved to "
+                                         f"{epoch_ranges(saved)} analysed and saved to "
                                          f"{where}")
                                 raise
                             _log(args, f"epoch {epoch} skipped (--keep-going): "
@@ -484,7 +481,7 @@ def _run_store(args: argparse.Namespace) -> tuple[Any, dict[int, BaseException]]
                 try:
                     fold_results(target, in_store=in_store)
                 except (NCAnalysisError, OSError) as fold_err:
-                    err.add_note(f"the results of epoch(s) {_epoch_ranges(saved)} stay in the "
+                    err.add_note(f"the results of epoch(s) {epoch_ranges(saved)} stay in the "
                                  f"journal of {where}, folded by the next run "
                                  f"({_one_line(fold_err)})")
             raise
@@ -493,7 +490,7 @@ def _run_store(args: argparse.Namespace) -> tuple[Any, dict[int, BaseException]]
         # have added epochs since this one started (or folded this one's journal).
         folded = fold_results(target, in_store=in_store)
         merged = folded if folded is not None else load_results(target)
-        _log(args, f"results of epoch(s) {_epoch_ranges(saved)} saved to {where}")
+        _log(args, f"results of epoch(s) {epoch_ranges(saved)} saved to {where}")
     return merged, failed
 
 
@@ -612,17 +609,6 @@ def _foreign_file(path: str) -> bool:
         return False
 
 
-def _epoch_ranges(epochs: Sequence[int]) -> str:
-    """``[0, 1, 2, 5]`` as ``"0-2, 5"``."""
-    runs: list[list[int]] = []
-    for epoch in epochs:
-        if runs and epoch == runs[-1][1] + 1:
-            runs[-1][1] = epoch
-        else:
-            runs.append([epoch, epoch])
-    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
-
-
 def format_table(ds: Any) -> str:
     """The main metrics of a results Dataset as a fixed-width text table.
 
@@ -714,8 +700,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
         f"classes     C = {info['num_classes']}",
         f"features    d = {info['num_features']}",
         f"epochs      {len(epochs)} complete"
-        + (f" ({_epoch_ranges(epochs)})" if epochs else "")
-        + (f", incomplete: {_epoch_ranges(info['incomplete_epochs'])}"
+        + (f" ({epoch_ranges(epochs)})" if epochs else "")
+        + (f", incomplete: {epoch_ranges(info['incomplete_epochs'])}"
            if info["incomplete_epochs"] else ", none incomplete"),
     ]
     for split in info["splits"]:

@@ -56,7 +56,7 @@ from .sources import (
     read_rows,
     store_row_blocks,
 )
-from .store.spec import split_order
+from .store.spec import epoch_ranges, split_order
 from .variables import describe
 
 if TYPE_CHECKING:
@@ -501,24 +501,13 @@ def _compute_batch(
         values = [_compute(graph, scheduler, item.context())]
     else:
         first = batch[0][0]
-        where = f"{first.where}: epochs {_epoch_list([item.epoch for item, _ in batch])}"
+        where = f"{first.where}: epochs {epoch_ranges([item.epoch for item, _ in batch])}"
         # One Delayed of the list: one future on a Client, so _cluster_result's
         # bounded wait and KilledWorker mapping cover the whole batch.
         values = _compute(dask.delayed(list)([graph for _, graph in batch]), scheduler, where)
     for (item, _), value in zip(batch, values, strict=True):
         results[item.epoch] = value
         reporter.epoch_done(item.context())
-
-
-def _epoch_list(epochs: Sequence[int]) -> str:
-    """``[0, 1, 2, 5]`` as ``"0-2, 5"`` (for error messages)."""
-    runs: list[list[int]] = []
-    for epoch in epochs:
-        if runs and epoch == runs[-1][1] + 1:
-            runs[-1][1] = epoch
-        else:
-            runs.append([epoch, epoch])
-    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
 
 
 def _to_dataset(
